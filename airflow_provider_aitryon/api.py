@@ -1,0 +1,320 @@
+"""The DashScope try-on wire format, in one place.
+
+Endpoints, request building and response parsing live here and nowhere else: the sync hook
+(requests), the async trigger path (httpx) and the emulator all use these definitions, so a change
+of the wire format is one edit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
+from airflow_provider_aitryon.models import SubmittedTask, TaskResult, TaskStatus
+
+DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com"
+SUBMIT_PATH = "/api/v1/services/aigc/image2image/image-synthesis"
+TASKS_PATH = "/api/v1/tasks"
+
+MODEL_REFINER = "aitryon-refiner"
+MODEL_TRYON = "aitryon"
+MODEL_TRYON_PLUS = "aitryon-plus"
+GENDERS = ("woman", "man")
+
+
+def task_path(task_id: str) -> str:
+    return f"{TASKS_PATH}/{task_id}"
+
+
+def cancel_path(task_id: str) -> str:
+    return f"{TASKS_PATH}/{task_id}/cancel"
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One HTTP call to DashScope, independent of the client library that will send it."""
+
+    operation: str  # "submit", "query" or "cancel": names the call in logs and errors
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+    asynchronous: bool = False  # submits must carry X-DashScope-Async: enable
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def headers(self, api_key: str, workspace: str | None = None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        if self.body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.asynchronous:
+            headers["X-DashScope-Async"] = "enable"
+        if workspace:
+            headers["X-DashScope-WorkSpace"] = workspace
+        return headers
+
+    def describe(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks: run before any HTTP call so a typo never costs a request or a running slot.
+# --------------------------------------------------------------------------------------------
+
+
+def require_url(field_name: str, value: object, *, required: bool = True) -> str | None:
+    """Return the URL if it is a usable http(s) URL, else raise one sentence naming the field."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise DashScopeConfigError(
+                f"{field_name} is missing; pass the public http(s) URL of the image."
+            )
+        return None
+    if not isinstance(value, str):
+        raise DashScopeConfigError(
+            f"{field_name} must be a URL string, got {type(value).__name__}; "
+            "pass the public http(s) URL of the image."
+        )
+    url = value.strip()
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise DashScopeConfigError(
+            f"{field_name} must be an http:// or https:// URL, got {_short(url)!r}; "
+            "DashScope can only fetch images from public http(s) URLs."
+        )
+    return url
+
+
+def require_choice(field_name: str, value: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in choices:
+        raise DashScopeConfigError(
+            f"{field_name} must be one of {', '.join(choices)}, got {_short(repr(value))}; "
+            f"set {field_name} to one of those values."
+        )
+    return value.strip().lower()
+
+
+def require_task_id(value: object, field_name: str = "task_id") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DashScopeConfigError(
+            f"{field_name} is empty; pass the DashScope task id that the submit task returned "
+            "(for example submit.output)."
+        )
+    task_id = value.strip()
+    if "/" in task_id or "?" in task_id or "#" in task_id or len(task_id) > 128:
+        raise DashScopeConfigError(
+            f"{field_name} {_short(task_id)!r} is not a DashScope task id; pass the id the submit "
+            "task returned."
+        )
+    return task_id
+
+
+# --------------------------------------------------------------------------------------------
+# Requests
+# --------------------------------------------------------------------------------------------
+
+
+def submit_call(model: str, input_: Mapping[str, Any], parameters: Mapping[str, Any]) -> ApiCall:
+    """The submit request: None values are dropped (an absent bottom garment is omitted, not null)."""
+    body = {
+        "model": model,
+        "input": {k: v for k, v in input_.items() if v is not None},
+        "parameters": {k: v for k, v in parameters.items() if v is not None},
+    }
+    return ApiCall("submit", "POST", SUBMIT_PATH, body=body, asynchronous=True)
+
+
+def refiner_call(
+    *,
+    person_image_url: object,
+    top_garment_url: object,
+    coarse_image_url: object,
+    gender: object,
+    bottom_garment_url: object = None,
+    model: str = MODEL_REFINER,
+) -> ApiCall:
+    """Build the refiner submit from the vendor page's field table, checking every field first."""
+    return submit_call(
+        model,
+        {
+            "person_image_url": require_url("person_image_url", person_image_url),
+            "top_garment_url": require_url("top_garment_url", top_garment_url),
+            "bottom_garment_url": require_url("bottom_garment_url", bottom_garment_url, required=False),
+            "coarse_image_url": require_url("coarse_image_url", coarse_image_url),
+        },
+        {"gender": require_choice("gender", gender, GENDERS)},
+    )
+
+
+def query_call(task_id: str) -> ApiCall:
+    return ApiCall("query", "GET", task_path(require_task_id(task_id)))
+
+
+def cancel_call(task_id: str) -> ApiCall:
+    return ApiCall("cancel", "POST", cancel_path(require_task_id(task_id)))
+
+
+# --------------------------------------------------------------------------------------------
+# Responses
+# --------------------------------------------------------------------------------------------
+
+_TASK_ID_IN_TEXT = re.compile(rb'"task_id"\s*:\s*"([^"\\]{1,128})"')
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or unreadable."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import pendulum
+
+        when = parsedate_to_datetime(value)
+        return max(0.0, (when - pendulum.now("UTC")).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def decode(call: ApiCall, http_status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """Turn an HTTP answer into the JSON payload, or raise DashScopeAPIError.
+
+    Proxies answer with HTML, connections get cut mid-body, and errors come with or without a JSON
+    envelope: every one of those becomes a DashScopeAPIError carrying the HTTP status, never a
+    parser traceback.
+    """
+    retry_after = retry_after_seconds(headers)
+    payload: Any = None
+    problem = None
+    if not body.strip():
+        problem = "the response body was empty"
+    else:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            problem = f"the response was not JSON (it began {_short(body[:60].decode('utf-8', 'replace'))!r})"
+        else:
+            if not isinstance(payload, dict):
+                problem = f"the response was JSON but not an object (got {type(payload).__name__})"
+                payload = None
+
+    if 200 <= http_status < 300 and payload is not None:
+        return payload
+
+    if payload is not None:
+        raise DashScopeAPIError(
+            operation=call.operation,
+            http_status=http_status,
+            code=_str_or_none(payload.get("code")),
+            message=_str_or_none(payload.get("message")),
+            request_id=_str_or_none(payload.get("request_id")),
+            retry_after=retry_after,
+        )
+    if call.operation == "submit" and 200 <= http_status < 300:
+        # The service accepted the task but the body was cut short. Re-submitting would pay twice,
+        # so recover the task id from the fragment when it made it through.
+        match = _TASK_ID_IN_TEXT.search(body)
+        if match:
+            return {"output": {"task_id": match.group(1).decode(), "task_status": "PENDING"},
+                    "request_id": None, "recovered_from_truncated_body": True}
+    raise DashScopeAPIError(
+        operation=call.operation,
+        http_status=http_status,
+        message=problem,
+        retry_after=retry_after,
+        # A garbled 2xx is a transport accident: asking again is safe for queries and cancels.
+        retryable=True if 200 <= http_status < 300 else None,
+    )
+
+
+def parse_submitted(payload: Mapping[str, Any]) -> SubmittedTask:
+    output = _output(payload, "submit")
+    task_id = _str_or_none(output.get("task_id"))
+    if not task_id:
+        raise DashScopeAPIError(
+            operation="submit",
+            message="the response had no output.task_id",
+            request_id=_str_or_none(payload.get("request_id")),
+            retryable=False,
+        )
+    return SubmittedTask(
+        task_id=task_id,
+        status=TaskStatus.parse(output.get("task_status") or "PENDING"),
+        request_id=_str_or_none(payload.get("request_id")),
+    )
+
+
+def parse_task(payload: Mapping[str, Any], task_id: str | None = None) -> TaskResult:
+    """Normalise a task query: every result shape of the spec gives the same TaskResult."""
+    output = _output(payload, "query")
+    raw_status = str(output.get("task_status") or "UNKNOWN")
+    status = TaskStatus.parse(raw_status)
+    image_url = _image_url(output)
+    request_id = _str_or_none(payload.get("request_id"))
+    if status is TaskStatus.SUCCEEDED and not image_url:
+        raise DashScopeAPIError(
+            operation="query",
+            message="the task SUCCEEDED but the response held no image URL",
+            request_id=request_id,
+            retryable=True,
+        )
+    usage = payload.get("usage")
+    return TaskResult(
+        task_id=_str_or_none(output.get("task_id")) or task_id or "",
+        status=status,
+        raw_status=raw_status,
+        image_url=image_url,
+        usage=dict(usage) if isinstance(usage, Mapping) else {},
+        code=_str_or_none(output.get("code")),
+        message=_str_or_none(output.get("message")),
+        request_id=request_id,
+        submit_time=_str_or_none(output.get("submit_time")),
+        scheduled_time=_str_or_none(output.get("scheduled_time")),
+        end_time=_str_or_none(output.get("end_time")),
+    )
+
+
+def _image_url(output: Mapping[str, Any]) -> str | None:
+    """The result URL from `results` (object or list of objects) or `image_url` directly."""
+    candidates: list[Any] = []
+    results = output.get("results")
+    if isinstance(results, Mapping):
+        candidates.append(results)
+    elif isinstance(results, list):
+        candidates.extend(results)
+    candidates.append(output)
+    for item in candidates:
+        if isinstance(item, Mapping):
+            url = item.get("image_url") or item.get("url")
+            if isinstance(url, list):
+                url = next((u for u in url if isinstance(u, str) and u), None)
+            if isinstance(url, str) and url:
+                return url
+    return None
+
+
+def _output(payload: Mapping[str, Any], operation: str) -> Mapping[str, Any]:
+    output = payload.get("output")
+    if not isinstance(output, Mapping):
+        raise DashScopeAPIError(
+            operation=operation,
+            message="the response had no output object",
+            request_id=_str_or_none(payload.get("request_id")),
+            retryable=True,
+        )
+    return output
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,43 @@
+"""Turning provider errors into the Airflow exceptions that decide retries.
+
+Permanent problems (bad arguments, bad connection, a "no retry" API code) raise
+AirflowFailException so Airflow does not burn retries on them; transient ones raise a plain
+AirflowException so the task's own retries apply. Chained tracebacks from HTTP libraries are
+dropped: the message already says what happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+try:
+    from airflow.sdk.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+    )
+except ImportError:  # Airflow 3.0 kept them in airflow.exceptions only
+    from airflow.exceptions import (  # type: ignore[no-redef,attr-defined]
+        AirflowException,
+        AirflowFailException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+    )
+
+__all__ = ["AirflowException", "AirflowFailException", "AirflowSensorTimeout", "AirflowSkipException", "airflow_errors"]
+
+from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
+
+
+@contextmanager
+def airflow_errors() -> Iterator[None]:
+    try:
+        yield
+    except DashScopeConfigError as exc:
+        raise AirflowFailException(str(exc)) from None
+    except DashScopeAPIError as exc:
+        if exc.retryable:
+            raise AirflowException(str(exc)) from None
+        raise AirflowFailException(str(exc)) from None
