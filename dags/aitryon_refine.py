@@ -57,8 +57,10 @@ with DAG(
 
     @task
     def report_refined_image(result: dict[str, Any]) -> str:
-        print(f"Refined image: {result['image_url']} (DashScope task {result['task_id']}, "
-              f"usage {result['usage']}). The URL expires 24 hours after the task ended.")
+        print(
+            f"Refined image: {result['image_url']} (DashScope task {result['task_id']}, "
+            f"usage {result['usage']}). The URL expires 24 hours after the task ended."
+        )
         return str(result["image_url"])
 
     report_refined_image(wait.output)

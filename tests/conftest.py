@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scripted_server import ScriptedServer  # noqa: E402
+
+API_KEY = "sk-test-SECRET-7f3a9c"
+
+
+def set_connection(monkeypatch: pytest.MonkeyPatch, base_url: str, conn_id: str = "dashscope_default",
+                   **extra: Any) -> None:
+    """Point a `dashscope` connection at a loopback server, with backoffs short enough for tests."""
+    settings = {"backoff_base": 0.01, "backoff_max": 0.05, "max_attempts": 3, "read_timeout": 5}
+    settings.update(extra)
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}",
+        json.dumps({"conn_type": "dashscope", "host": base_url, "password": API_KEY, "extra": settings}),
+    )
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
+    with ScriptedServer() as server:
+        set_connection(monkeypatch, server.base_url)
+        yield server
+
+
+class FakeTI:
+    """Collects what an operator pushes to XCom; the operator itself runs for real."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+@pytest.fixture
+def context() -> dict[str, Any]:
+    return {"ti": FakeTI()}
