@@ -7,6 +7,7 @@ of the wire format is one edit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ MODEL_REFINER = "aitryon-refiner"
 MODEL_TRYON = "aitryon"
 MODEL_TRYON_PLUS = "aitryon-plus"
 GENDERS = ("woman", "man")
+RESOLUTIONS = (-1, 1024, 1280)  # -1 keeps the person image's size; 1024 is 576x1024, 1280 is 720x1280
 
 
 def task_path(task_id: str) -> str:
@@ -60,6 +62,11 @@ class ApiCall:
     def describe(self) -> str:
         return f"{self.method} {self.path}"
 
+    def fingerprint(self) -> str:
+        """A digest of what is asked, so a retry can tell the same request from a changed one."""
+        canonical = json.dumps([self.method, self.path, self.body], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 # --------------------------------------------------------------------------------------------
 # Argument checks: run before any HTTP call so a typo never costs a request or a running slot.
@@ -70,14 +77,11 @@ def require_url(field_name: str, value: object, *, required: bool = True) -> str
     """Return the URL if it is a usable http(s) URL, else raise one sentence naming the field."""
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
-            raise DashScopeConfigError(
-                f"{field_name} is missing; pass the public http(s) URL of the image."
-            )
+            raise DashScopeConfigError(f"{field_name} is missing; pass the public http(s) URL of the image.")
         return None
     if not isinstance(value, str):
         raise DashScopeConfigError(
-            f"{field_name} must be a URL string, got {type(value).__name__}; "
-            "pass the public http(s) URL of the image."
+            f"{field_name} must be a URL string, got {type(value).__name__}; pass the public http(s) URL of the image."
         )
     url = value.strip()
     parts = urlsplit(url)
@@ -107,8 +111,7 @@ def require_task_id(value: object, field_name: str = "task_id") -> str:
     task_id = value.strip()
     if "/" in task_id or "?" in task_id or "#" in task_id or len(task_id) > 128:
         raise DashScopeConfigError(
-            f"{field_name} {_short(task_id)!r} is not a DashScope task id; pass the id the submit "
-            "task returned."
+            f"{field_name} {_short(task_id)!r} is not a DashScope task id; pass the id the submit task returned."
         )
     return task_id
 
@@ -148,6 +151,75 @@ def refiner_call(
         },
         {"gender": require_choice("gender", gender, GENDERS)},
     )
+
+
+def tryon_call(
+    *,
+    person_image_url: object,
+    top_garment_url: object = None,
+    bottom_garment_url: object = None,
+    model: object = MODEL_TRYON,
+    resolution: object = -1,
+    restore_face: object = True,
+    for_refiner: bool = True,
+) -> ApiCall:
+    """Build a coarse try-on submit (``aitryon``, ``aitryon-plus`` or a successor model)."""
+    if not isinstance(model, str) or not model.strip():
+        raise DashScopeConfigError(
+            f"model must be a model name such as {MODEL_TRYON} or {MODEL_TRYON_PLUS}, got {model!r}; set model."
+        )
+    top = require_url("top_garment_url", top_garment_url, required=False)
+    bottom = require_url("bottom_garment_url", bottom_garment_url, required=False)
+    if not top and not bottom:
+        raise DashScopeConfigError(
+            "top_garment_url and bottom_garment_url are both empty; give at least one garment "
+            "(a dress or jumpsuit goes in top_garment_url)."
+        )
+    resolution_value, restore = check_tryon_parameters(resolution, restore_face, for_refiner)
+    return submit_call(
+        model.strip(),
+        {
+            "person_image_url": require_url("person_image_url", person_image_url),
+            "top_garment_url": top,
+            "bottom_garment_url": bottom,
+        },
+        {"resolution": resolution_value, "restore_face": restore},
+    )
+
+
+def check_tryon_parameters(resolution: object, restore_face: object, for_refiner: bool) -> tuple[int, bool]:
+    """Check the coarse stage's parameters; a result meant for the refiner must keep size and face."""
+    try:
+        resolution_value = int(str(resolution).strip())
+    except ValueError:
+        resolution_value = None  # type: ignore[assignment]
+    if resolution_value not in RESOLUTIONS:
+        raise DashScopeConfigError(
+            f"resolution must be one of -1, 1024 or 1280, got {resolution!r}; use -1 to keep the person image's size."
+        )
+    restore = _boolean("restore_face", restore_face)
+    if for_refiner and resolution_value != -1:
+        raise DashScopeConfigError(
+            f"resolution is {resolution_value} but a coarse image for the refiner must keep the person image's "
+            "size; set resolution=-1, or for_refiner=False if you will not refine it."
+        )
+    if for_refiner and not restore:
+        raise DashScopeConfigError(
+            "restore_face is false but a coarse image for the refiner must be made with restore_face=true; "
+            "set restore_face=True, or for_refiner=False if you will not refine it."
+        )
+    return resolution_value, restore
+
+
+def _boolean(field_name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise DashScopeConfigError(f"{field_name} must be true or false, got {value!r}; set {field_name} to a boolean.")
 
 
 def query_call(task_id: str) -> ApiCall:
@@ -222,8 +294,11 @@ def decode(call: ApiCall, http_status: int, headers: Mapping[str, str], body: by
         # so recover the task id from the fragment when it made it through.
         match = _TASK_ID_IN_TEXT.search(body)
         if match:
-            return {"output": {"task_id": match.group(1).decode(), "task_status": "PENDING"},
-                    "request_id": None, "recovered_from_truncated_body": True}
+            return {
+                "output": {"task_id": match.group(1).decode(), "task_status": "PENDING"},
+                "request_id": None,
+                "recovered_from_truncated_body": True,
+            }
     raise DashScopeAPIError(
         operation=call.operation,
         http_status=http_status,

@@ -14,6 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scripted_server import ScriptedServer  # noqa: E402
 
+from airflow_provider_aitryon.ledger import MemoryLedger  # noqa: E402
+from airflow_provider_aitryon.operators.base import DashScopeSubmitOperator  # noqa: E402
+
 API_KEY = "sk-test-SECRET-7f3a9c"
 
 
@@ -28,6 +31,14 @@ def set_connection(monkeypatch: pytest.MonkeyPatch, base_url: str, conn_id: str 
     )
 
 
+@pytest.fixture(autouse=True)
+def memory_ledger(monkeypatch: pytest.MonkeyPatch) -> MemoryLedger:
+    """Unit tests run operators outside a task runner, where Airflow Variables are unreachable."""
+    ledger = MemoryLedger()
+    monkeypatch.setattr(DashScopeSubmitOperator, "ledger", ledger)
+    return ledger
+
+
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
     with ScriptedServer() as server:
@@ -38,8 +49,14 @@ def scripted(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedServer]:
 class FakeTI:
     """Collects what an operator pushes to XCom; the operator itself runs for real."""
 
-    def __init__(self) -> None:
+    dag_id = "dag"
+    run_id = "manual__2026-01-01"
+    task_id = "submit"
+    map_index = -1
+
+    def __init__(self, try_number: int = 1) -> None:
         self.pushed: dict[str, Any] = {}
+        self.try_number = try_number
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.pushed[key] = value

@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-from airflow.sdk import BaseOperator
+from typing import Any
 
 from airflow_provider_aitryon import api
-from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
-from airflow_provider_aitryon.failures import airflow_errors
-from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
-
-if TYPE_CHECKING:
-    from airflow.sdk import Context
+from airflow_provider_aitryon.operators.base import DashScopeSubmitOperator
 
 
-class RefinerSubmitOperator(BaseOperator):
+class RefinerSubmitOperator(DashScopeSubmitOperator):
     """Submit a coarse try-on image to ``aitryon-refiner``; return the DashScope task id.
 
     The person and garment URLs must be the ones the coarse stage was given, and the coarse image
-    must have been made with ``resolution=-1`` and ``restore_face=true``. Every argument is checked
-    before any HTTP call. The task id is the XCom ``return_value``; the request id is pushed as
-    ``request_id`` for support tickets. Wait for the result with ``RefinerTaskSensor``.
+    must have been made with ``resolution=-1`` and ``restore_face=true`` (TryOnSubmitOperator does
+    that by default). Every argument is checked before any HTTP call. The task id is the XCom
+    ``return_value`` (also pushed as ``dashscope_task_id`` the moment it is known), the request id
+    is pushed as ``request_id``. Wait with ``RefinerTaskSensor``, or set ``wait_for_completion``.
 
     :param person_image_url: http(s) URL of the person image (templated).
     :param top_garment_url: http(s) URL of the top garment, or a dress (templated).
     :param coarse_image_url: http(s) URL of the coarse try-on result (templated).
     :param gender: ``woman`` or ``man`` (templated).
-    :param bottom_garment_url: http(s) URL of the bottom garment; None for a dress (templated).
-    :param dashscope_conn_id: connection of type ``dashscope``.
+    :param bottom_garment_url: http(s) URL of the bottom garment; None or empty for a dress (templated).
+    :param model: the refiner model name, one setting away from a successor model.
+    See DashScopeSubmitOperator for the connection, retry-reuse and wait arguments.
     """
 
     template_fields: Sequence[str] = (
@@ -50,7 +45,7 @@ class RefinerSubmitOperator(BaseOperator):
         coarse_image_url: Any,
         gender: Any = "woman",
         bottom_garment_url: Any = None,
-        dashscope_conn_id: str = DEFAULT_CONN_ID,
+        model: str = api.MODEL_REFINER,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -59,7 +54,7 @@ class RefinerSubmitOperator(BaseOperator):
         self.bottom_garment_url = bottom_garment_url
         self.coarse_image_url = coarse_image_url
         self.gender = gender
-        self.dashscope_conn_id = dashscope_conn_id
+        self.model = model
 
     def build_call(self) -> api.ApiCall:
         return api.refiner_call(
@@ -68,11 +63,5 @@ class RefinerSubmitOperator(BaseOperator):
             bottom_garment_url=self.bottom_garment_url,
             coarse_image_url=self.coarse_image_url,
             gender=self.gender,
+            model=self.model,
         )
-
-    def execute(self, context: Context) -> str:
-        with airflow_errors():
-            call = self.build_call()
-            submitted = DashScopeHook(dashscope_conn_id=self.dashscope_conn_id).submit(call)
-        context["ti"].xcom_push(key="request_id", value=submitted.request_id)
-        return submitted.task_id

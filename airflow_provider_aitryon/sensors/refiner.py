@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
-from airflow_provider_aitryon.errors import DashScopeAPIError
-from airflow_provider_aitryon.failures import (
-    AirflowFailException,
-    AirflowSensorTimeout,
-    AirflowSkipException,
-    airflow_errors,
-)
-from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
-from airflow_provider_aitryon.models import Outcome, TaskResult, TaskStatus
-from airflow_provider_aitryon.triggers.dashscope import (
-    EVENT_ERROR,
-    EVENT_TIMEOUT,
-    DashScopeTaskTrigger,
-)
+from airflow_provider_aitryon.failures import AirflowFailException, AirflowSkipException, airflow_errors
+from airflow_provider_aitryon.waiting import DashScopeWaitMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class RefinerTaskSensor(BaseSensorOperator):
+class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
     """Wait until a DashScope try-on task ends; return its result (XCom) or fail with its code.
 
     The one sensor for any DashScope try-on task: it polls ``GET /api/v1/tasks/{id}``, the same for
@@ -69,9 +56,6 @@ class RefinerTaskSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.cancel_on_timeout = cancel_on_timeout
 
-    def _hook(self) -> DashScopeHook:
-        return DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
-
     # ------------------------------------------------------------------ poke / reschedule
 
     def poke(self, context: Context) -> PokeReturnValue:
@@ -84,7 +68,7 @@ class RefinerTaskSensor(BaseSensorOperator):
             self.log.warning("Could not read DashScope task %s yet: %s", self.dashscope_task_id, exc)
             return PokeReturnValue(is_done=False)
         self.log.info("DashScope task %s is %s.", result.task_id, result.raw_status)
-        return PokeReturnValue(is_done=result.status.is_terminal, xcom_value=self._finish(result))
+        return PokeReturnValue(is_done=result.status.is_terminal, xcom_value=self.finish(result))
 
     # ------------------------------------------------------------------ deferrable
 
@@ -100,74 +84,7 @@ class RefinerTaskSensor(BaseSensorOperator):
             raise
         if done.is_done:
             return done.xcom_value
-        self.defer(
-            trigger=DashScopeTaskTrigger(
-                dashscope_task_id=self.dashscope_task_id,
-                dashscope_conn_id=self.dashscope_conn_id,
-                poll_interval=self.poke_interval,
-                end_time=time.time() + self.timeout,
-            ),
-            method_name="execute_complete",
-        )
+        self.defer_until_done(self.dashscope_task_id, poll_interval=self.poke_interval, timeout=self.timeout)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        """Resume from the trigger: one table maps the event status to what happens next."""
-        if not isinstance(event, dict) or event.get("status") not in self._EVENT_HANDLERS:
-            raise AirflowFailException(
-                f"DashScope task {self.dashscope_task_id}: the trigger sent an unexpected event {event!r}."
-            )
-        task = event.get("task")
-        result = TaskResult.from_dict(task) if task else None
-        return self._EVENT_HANDLERS[event["status"]](self, event, result)
-
-    # ------------------------------------------------------------------ outcomes
-
-    def _finish(self, result: TaskResult) -> dict[str, Any] | None:
-        """Terminal results: the success payload, or AirflowFailException; None while running."""
-        if result.outcome is Outcome.SUCCESS:
-            self.log.info("DashScope task %s SUCCEEDED: %s", result.task_id, result.image_url)
-            return result.to_xcom()
-        if result.outcome is Outcome.FAILURE:
-            raise AirflowFailException(_failure_sentence(result))
-        return None
-
-    def _on_result(self, event: dict[str, Any], result: TaskResult | None) -> Any:
-        if result is None:
-            raise AirflowFailException(f"DashScope task {event.get('dashscope_task_id')}: event had no task.")
-        return self._finish(result)
-
-    def _on_timeout(self, event: dict[str, Any], result: TaskResult | None) -> Any:
-        if self.cancel_on_timeout and (result is None or result.status is TaskStatus.PENDING):
-            self._cancel_quietly()
-        raise AirflowSensorTimeout(event.get("message") or "DashScope task did not finish in time.")
-
-    def _on_error(self, event: dict[str, Any], result: TaskResult | None) -> Any:
-        raise AirflowFailException(event.get("message") or "Polling the DashScope task failed.")
-
-    _EVENT_HANDLERS: dict[str, Callable[..., Any]] = {
-        Outcome.SUCCESS.value: _on_result,
-        Outcome.FAILURE.value: _on_result,
-        EVENT_TIMEOUT: _on_timeout,
-        EVENT_ERROR: _on_error,
-    }
-
-    def _cancel_quietly(self) -> None:
-        """Cancel a task nobody will wait for; DashScope refuses once it runs, which is fine."""
-        try:
-            self._hook().cancel_task(self.dashscope_task_id)
-        except DashScopeAPIError as exc:
-            self.log.info("DashScope task %s was not canceled: %s", self.dashscope_task_id, exc)
-
-
-def _failure_sentence(result: TaskResult) -> str:
-    why = {
-        TaskStatus.FAILED: "failed",
-        TaskStatus.CANCELED: "was canceled",
-        TaskStatus.UNKNOWN: "is unknown to DashScope (it expired after 24 hours or never existed)",
-    }.get(result.status, f"ended as {result.raw_status}")
-    text = f"DashScope task {result.task_id} {why}"
-    if result.code or result.message:
-        text += f": {result.code or 'no code'}: {(result.message or 'no message').rstrip('. ')}"
-    if result.request_id:
-        text += f" [request_id {result.request_id}]"
-    return text + "."
+        return self.resume_from_event(event)

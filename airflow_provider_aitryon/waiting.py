@@ -1,0 +1,106 @@
+"""Waiting for a DashScope task, shared by the sensor and the submit-and-wait operators.
+
+One table maps each way a wait can end (task outcome, deadline, broken polling) to what the Airflow
+task does next, so the sensor and the operators cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from airflow_provider_aitryon.errors import DashScopeAPIError
+from airflow_provider_aitryon.failures import AirflowFailException, AirflowSensorTimeout
+from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
+from airflow_provider_aitryon.models import Outcome, TaskResult, TaskStatus
+from airflow_provider_aitryon.triggers.dashscope import EVENT_ERROR, EVENT_TIMEOUT, DashScopeTaskTrigger
+
+_WHY = {
+    TaskStatus.FAILED: "failed",
+    TaskStatus.CANCELED: "was canceled",
+    TaskStatus.UNKNOWN: "is unknown to DashScope (it expired after 24 hours or never existed)",
+}
+
+
+def failure_sentence(result: TaskResult) -> str:
+    text = f"DashScope task {result.task_id} {_WHY.get(result.status, f'ended as {result.raw_status}')}"
+    if result.code or result.message:
+        text += f": {result.code or 'no code'}: {(result.message or 'no message').rstrip('. ')}"
+    if result.request_id:
+        text += f" [request_id {result.request_id}]"
+    return text + "."
+
+
+class DashScopeWaitMixin:
+    """For operators that wait on a DashScope task: in place (poke) or deferred to the triggerer.
+
+    Expects `dashscope_conn_id` and `cancel_on_timeout` attributes and BaseOperator's `log` and
+    `defer`.
+    """
+
+    dashscope_conn_id: str
+    cancel_on_timeout: bool
+    log: Any
+    defer: Callable[..., Any]
+
+    def _hook(self) -> DashScopeHook:
+        return DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
+
+    def finish(self, result: TaskResult) -> dict[str, Any] | None:
+        """The XCom payload of a SUCCEEDED task, AirflowFailException for a failed one, None if running."""
+        if result.outcome is Outcome.SUCCESS:
+            self.log.info("DashScope task %s SUCCEEDED: %s", result.task_id, result.image_url)
+            return result.to_xcom()
+        if result.outcome is Outcome.FAILURE:
+            raise AirflowFailException(failure_sentence(result))
+        return None
+
+    def defer_until_done(self, task_id: str, *, poll_interval: float, timeout: float) -> None:
+        self.defer(
+            trigger=DashScopeTaskTrigger(
+                dashscope_task_id=task_id,
+                dashscope_conn_id=self.dashscope_conn_id,
+                poll_interval=poll_interval,
+                end_time=time.time() + timeout,  # absolute: a resumed trigger keeps the same deadline
+            ),
+            method_name="execute_complete",
+        )
+
+    def resume_from_event(self, event: Any) -> dict[str, Any]:
+        """Turn the trigger's event into the task's result or its failure."""
+        handler = _EVENT_HANDLERS.get(str(event.get("status"))) if isinstance(event, dict) else None
+        if handler is None:
+            raise AirflowFailException(f"The DashScope trigger sent an unexpected event {event!r}.")
+        task = event.get("task")
+        return handler(self, event, TaskResult.from_dict(task) if task else None)
+
+    def _on_result(self, event: dict[str, Any], result: TaskResult | None) -> dict[str, Any]:
+        payload = self.finish(result) if result else None
+        if payload is None:  # a terminal event always carries its task; anything else is a bug
+            raise AirflowFailException(f"DashScope task {event.get('dashscope_task_id')}: the event had no result.")
+        return payload
+
+    def _on_timeout(self, event: dict[str, Any], result: TaskResult | None) -> dict[str, Any]:
+        task_id = event.get("dashscope_task_id")
+        if self.cancel_on_timeout and task_id and (result is None or result.status is TaskStatus.PENDING):
+            self.cancel_quietly(task_id)
+        raise AirflowSensorTimeout(event.get("message") or f"DashScope task {task_id} did not finish in time.")
+
+    def _on_error(self, event: dict[str, Any], result: TaskResult | None) -> dict[str, Any]:
+        raise AirflowFailException(event.get("message") or "Polling the DashScope task failed.")
+
+    def cancel_quietly(self, task_id: str) -> None:
+        """Cancel a task nobody will wait for, so it is never charged; once it runs DashScope refuses."""
+        try:
+            self._hook().cancel_task(task_id)
+        except DashScopeAPIError as exc:
+            self.log.info("DashScope task %s was not canceled: %s", task_id, exc)
+
+
+_EVENT_HANDLERS: dict[str, Callable[..., dict[str, Any]]] = {
+    Outcome.SUCCESS.value: DashScopeWaitMixin._on_result,
+    Outcome.FAILURE.value: DashScopeWaitMixin._on_result,
+    EVENT_TIMEOUT: DashScopeWaitMixin._on_timeout,
+    EVENT_ERROR: DashScopeWaitMixin._on_error,
+}
