@@ -57,8 +57,11 @@ class ConnectionSettings:
             values[name] = _number(conn_id, name, extra.get(name, default), kind, minimum)
         unknown = set(extra) - set(EXTRA_FIELDS) - set(EXTRA_TEXT_FIELDS)
         if unknown:
-            log.warning("Connection %r has extra fields this provider does not use: %s",
-                        conn_id, ", ".join(sorted(unknown)))
+            log.warning(
+                "Connection %r has extra fields this provider does not use: %s",
+                conn_id,
+                ", ".join(sorted(unknown)),
+            )
         workspace = extra.get("workspace")
         return cls(
             conn_id=conn_id,

@@ -26,7 +26,13 @@ except ImportError:  # Airflow 3.0 kept them in airflow.exceptions only
         AirflowSkipException,
     )
 
-__all__ = ["AirflowException", "AirflowFailException", "AirflowSensorTimeout", "AirflowSkipException", "airflow_errors"]
+__all__ = [
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "airflow_errors",
+]
 
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
 

@@ -43,9 +43,13 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.hooks.dashscope"]}],
-        "operators": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.operators.refiner"]}],
+        "operators": [
+            {"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.operators.refiner"]}
+        ],
         "sensors": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.sensors.refiner"]}],
-        "triggers": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.triggers.dashscope"]}],
+        "triggers": [
+            {"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.triggers.dashscope"]}
+        ],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

@@ -51,8 +51,11 @@ class TaskStatus(str, enum.Enum):
         except ValueError:
             if raw not in _UNKNOWN_SEEN:
                 _UNKNOWN_SEEN.add(str(raw))
-                log.warning("DashScope returned task status %r, which the spec does not list; "
-                            "treating it as still running.", raw)
+                log.warning(
+                    "DashScope returned task status %r, which the spec does not list; "
+                    "treating it as still running.",
+                    raw,
+                )
             return cls.RUNNING
 
 

@@ -7,7 +7,6 @@ total time are both bounded so a dead endpoint fails the task instead of holding
 
 from __future__ import annotations
 
-import logging
 import random
 from typing import Any
 
@@ -42,7 +41,7 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, DashScopeAPIError) and exc.retryable
 
 
-def retry_policy(settings: ConnectionSettings, logger: logging.Logger) -> dict[str, Any]:
+def retry_policy(settings: ConnectionSettings, logger: Any) -> dict[str, Any]:
     """Keyword arguments for tenacity.Retrying and tenacity.AsyncRetrying alike."""
 
     def wait(state: RetryCallState) -> float:

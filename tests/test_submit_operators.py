@@ -141,7 +141,8 @@ def test_ledger_entry_is_written_before_anything_can_fail(scripted, memory_ledge
     scripted.add(replies.submitted("task-1"), replies.task("RUNNING", task_id="task-1"))
     with pytest.raises(RuntimeError):
         DiesAfterSubmitting(**{**refiner_kwargs()}).execute({"ti": FakeTI()})
-    assert list(memory_ledger.entries.values())[0]["task_id"] == "task-1"
+    (entry,) = memory_ledger.entries.values()
+    assert entry["task_id"] == "task-1"
     # The next try reuses it.
     assert refiner().execute({"ti": FakeTI(try_number=2)}) == "task-1"
     assert [r.method for r in scripted.requests] == ["POST", "GET"]

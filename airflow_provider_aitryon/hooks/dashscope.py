@@ -218,8 +218,9 @@ class DashScopeHook(BaseHook):
             "workspace": StringField(lazy_gettext("Workspace"), widget=BS3TextFieldWidget())
         }
         for name in EXTRA_FIELDS:
-            widgets[name] = StringField(lazy_gettext(name.replace("_", " ").capitalize()),
-                                        widget=BS3TextFieldWidget())
+            widgets[name] = StringField(
+                lazy_gettext(name.replace("_", " ").capitalize()), widget=BS3TextFieldWidget()
+            )
         return widgets
 
 
@@ -227,7 +228,9 @@ def _transport_error(call: api.ApiCall, settings: ConnectionSettings, exc: Excep
     """No HTTP answer: say where we tried and why, without the library's traceback (or any header)."""
     timeouts = (requests.Timeout, httpx.TimeoutException)
     reason = "timed out" if isinstance(exc, timeouts) else "could not connect or the connection dropped"
-    broken_setup = isinstance(exc, requests.exceptions.InvalidURL | httpx.InvalidURL | httpx.UnsupportedProtocol)
+    broken_setup = isinstance(
+        exc, requests.exceptions.InvalidURL | httpx.InvalidURL | httpx.UnsupportedProtocol
+    )
     return DashScopeAPIError(
         operation=call.operation,
         message=f"{call.describe()} to {settings.base_url} {reason} ({type(exc).__name__})",

@@ -101,8 +101,12 @@ class DashScopeTaskTrigger(BaseTrigger):
                 errors_in_a_row += 1
                 if not exc.retryable or errors_in_a_row > self.max_transient_errors:
                     return task_event(EVENT_ERROR, task_id, last, str(exc))
-                self.log.warning("Polling DashScope task %s failed (%d in a row), will poll again: %s",
-                                 task_id, errors_in_a_row, exc)
+                self.log.warning(
+                    "Polling DashScope task %s failed (%d in a row), will poll again: %s",
+                    task_id,
+                    errors_in_a_row,
+                    exc,
+                )
             else:
                 errors_in_a_row = 0
                 last = result
@@ -113,10 +117,14 @@ class DashScopeTaskTrigger(BaseTrigger):
             if remaining is not None and remaining <= 0:
                 status = last.raw_status if last else "not yet known"
                 return task_event(
-                    EVENT_TIMEOUT, task_id, last,
+                    EVENT_TIMEOUT,
+                    task_id,
+                    last,
                     f"DashScope task {task_id} did not finish before the deadline (last status {status}).",
                 )
-            await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+            await asyncio.sleep(
+                self.poll_interval if remaining is None else min(self.poll_interval, remaining)
+            )
 
     async def on_kill(self) -> None:
         """A user killed the Airflow task: stop paying for a task nobody will collect."""
