@@ -44,12 +44,13 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "hooks": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.hooks.dashscope"]}],
         "operators": [
-            {"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.operators.refiner"]}
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": [f"{_PACKAGE}.operators.{name}" for name in ("refiner", "tryon", "storage")],
+            }
         ],
         "sensors": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.sensors.refiner"]}],
-        "triggers": [
-            {"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.triggers.dashscope"]}
-        ],
+        "triggers": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.triggers.dashscope"]}],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

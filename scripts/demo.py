@@ -11,34 +11,18 @@ import shutil
 import sys
 
 import requests
-from harness import REPO, airflow_env, dags_test, emulator_process, migrate, task_states, xcom_value
+from harness import (
+    REPO,
+    airflow_env,
+    dags_test,
+    emulator_process,
+    make_coarse_image,
+    migrate,
+    task_states,
+    xcom_value,
+)
 
 DEMO = REPO / ".demo"
-
-
-def make_coarse_image(base_url: str) -> str:
-    """The refiner refines a coarse try-on: make one on the emulator with the provider's own hook."""
-    import os
-    import time
-
-    from airflow_provider_aitryon import api
-    from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
-
-    os.environ["AIRFLOW_CONN_DASHSCOPE_DEMO"] = airflow_env(DEMO, base_url)["AIRFLOW_CONN_DASHSCOPE_DEFAULT"]
-    hook = DashScopeHook(dashscope_conn_id="dashscope_demo")
-    samples = f"{base_url}/samples"
-    task_id = hook.submit(
-        api.tryon_call(
-            person_image_url=f"{samples}/person.png",
-            top_garment_url=f"{samples}/top.png",
-            bottom_garment_url=f"{samples}/bottom.png",
-        )
-    ).task_id
-    while not (result := hook.get_task(task_id)).status.is_terminal:
-        time.sleep(0.5)
-    if not result.image_url:
-        raise RuntimeError(f"The coarse try-on on the emulator failed: {result.code} {result.message}")
-    return result.image_url
 
 
 def main() -> int:
@@ -53,7 +37,7 @@ def main() -> int:
         env = airflow_env(home, emulator.base_url)
         print(f"Preparing the Airflow metadata DB in {home} ...")
         migrate(env)
-        coarse_url = make_coarse_image(emulator.base_url)
+        coarse_url = make_coarse_image(env)
         print(f"Coarse try-on image (the refiner's input): {coarse_url}")
         print("Running `airflow dags test aitryon_refine` ...")
         result = dags_test(env, "aitryon_refine", {"coarse_image_url": coarse_url})

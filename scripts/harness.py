@@ -122,9 +122,7 @@ def dags_test(
 def task_states(home: Path, dag_id: str) -> dict[str, str]:
     """Final state of each task in the latest run of `dag_id`, read from the metadata DB."""
     with sqlite3.connect(home / "airflow.db") as db:
-        run_id = db.execute(
-            "SELECT run_id FROM dag_run WHERE dag_id=? ORDER BY id DESC LIMIT 1", (dag_id,)
-        ).fetchone()
+        run_id = db.execute("SELECT run_id FROM dag_run WHERE dag_id=? ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()
         if not run_id:
             return {}
         rows = db.execute(
@@ -147,3 +145,31 @@ def xcom_value(home: Path, dag_id: str, task_id: str, key: str = "return_value")
     if isinstance(value, bytes):
         value = value.decode()
     return json.loads(value) if isinstance(value, str) else value
+
+
+def make_coarse_image(env: Mapping[str, str], *, timeout: float = 120) -> str:
+    """Run a coarse try-on of the sample images with the provider's hook; return the result URL.
+
+    The refiner refines a coarse try-on, so examples that start at the refiner need one first.
+    """
+    from airflow_provider_aitryon import api
+    from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
+
+    os.environ["AIRFLOW_CONN_DASHSCOPE_HARNESS"] = env["AIRFLOW_CONN_DASHSCOPE_DEFAULT"]
+    hook = DashScopeHook(dashscope_conn_id="dashscope_harness")
+    samples = env["AITRYON_SAMPLES_URL"]
+    task_id = hook.submit(
+        api.tryon_call(
+            person_image_url=f"{samples}/person.png",
+            top_garment_url=f"{samples}/top.png",
+            bottom_garment_url=f"{samples}/bottom.png",
+        )
+    ).task_id
+    deadline = time.monotonic() + timeout
+    while not (result := hook.get_task(task_id)).status.is_terminal:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"The coarse try-on {task_id} did not finish in {timeout:g}s.")
+        time.sleep(0.2)
+    if not result.image_url:
+        raise RuntimeError(f"The coarse try-on {task_id} failed: {result.code} {result.message}")
+    return result.image_url
