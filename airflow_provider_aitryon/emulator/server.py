@@ -1,0 +1,419 @@
+"""HTTP plumbing of the emulator: routing, fault execution, the request log and ``Emulator``.
+
+Why a threaded stdlib server: tasks fetch their input images over HTTP, usually from this same
+server (``/samples/...`` or a previous task's ``/results/...``), so a request must never wait for
+another; ``ThreadingHTTPServer`` gives each connection its own daemon thread and needs nothing
+beyond the standard library. HTTP/1.1 keep-alive is on, like the real gateway, so clients with
+connection pools are exercised realistically (including a pooled connection being dropped).
+
+Faults are applied only to the DashScope API routes, never to ``/samples``, ``/results``,
+``/health`` or the ``/_emulator`` control routes, so a test can inject chaos into the client
+under test while its own bookkeeping stays reliable.
+
+The request log records every non-control request with its headers exactly as received (name
+case and order kept), because secrecy tests use it to prove where the API key does and does not
+travel. The one-line-per-request stderr log, by contrast, never prints headers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mimetypes
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_aitryon.api import SUBMIT_PATH, TASKS_PATH
+from airflow_provider_aitryon.emulator.config import EmulatorConfig
+from airflow_provider_aitryon.emulator.protocol import MSG_INTERNAL, MSG_MODEL_UNAVAILABLE, MSG_THROTTLING
+from airflow_provider_aitryon.emulator.samples import sample_images
+from airflow_provider_aitryon.emulator.state import EmulatorState, FaultPlan, Reply
+
+CONTROL_PREFIX = "/_emulator/"
+_PROXY_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>Tengine</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    # Benchmarks open many connections at once; the socketserver default backlog of 5 would
+    # turn a burst into connection resets that the real service would not produce.
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], state: EmulatorState) -> None:
+        self.state = state
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-response (or our own stop() closing pooled connections) is
+        # normal life for a server, not a traceback on stderr.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+    def close_all_connections(self) -> None:
+        # Keep-alive handler threads would otherwise keep answering on pooled connections
+        # after stop().
+        with self.connections_lock:
+            conns = list(self.connections)
+            self.connections.clear()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "aitryon-emulator/0.1"
+    sys_version = ""
+    timeout = 120  # idle keep-alive connections are closed after this
+    server: _Server
+
+    # ------------------------------------------------------------------ plumbing
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The stock access log is replaced by _log_line, which never includes headers.
+        pass
+
+    def _log_line(self, status: int | str) -> None:
+        if self.server.state.config.log_requests:
+            path = urllib.parse.urlsplit(self.path).path
+            sys.stderr.write(f"[aitryon-emulator] {self.command} {path} {status}\n")
+            sys.stderr.flush()
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size_line = self.rfile.readline(65537).split(b";", 1)[0].strip()
+                size = int(size_line or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537).strip():
+                        pass  # trailers
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(3)
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", headers)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        try:
+            body = self._read_body()
+        except (ValueError, OSError):
+            self._send_json(400, {"code": "InvalidParameter", "message": "unreadable request body"})
+            self.close_connection = True
+            return
+        parts = urllib.parse.urlsplit(self.path)
+        path = parts.path
+        if path.startswith(CONTROL_PREFIX):
+            self._control(path[len(CONTROL_PREFIX) :].strip("/"), body)
+            return
+        entry = self.server.state.record_request(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": dict(self.headers.items()),
+                "raw_headers": [[k, v] for k, v in self.headers.items()],
+                "body": body.decode("utf-8", errors="replace"),
+                "status": None,
+                "fault": None,
+            }
+        )
+        status: int | str = self._route(path, parts.query, body, entry)
+        entry["status"] = status
+        self._log_line(status)
+
+    def _route(self, path: str, query: str, body: bytes, entry: dict[str, Any]) -> int | str:
+        state = self.server.state
+        method = self.command
+        if path == "/health":
+            self._send_json(200, {"status": "ok"})
+            return 200
+        if path.startswith("/samples/") and method in ("GET", "HEAD"):
+            return self._serve_sample(path[len("/samples/") :])
+        if path.startswith("/results/") and method in ("GET", "HEAD"):
+            name = path[len("/results/") :]
+            png = state.result_png(name[: -len(".png")]) if name.endswith(".png") else None
+            if png is None:
+                self._send_json(404, {"code": "NoSuchKey", "message": "The specified key does not exist."})
+                return 404
+            self._send(200, png, "image/png")
+            return 200
+
+        auth = self.headers.get("Authorization")
+        tasks_prefix = TASKS_PATH + "/"
+        if path.rstrip("/") == SUBMIT_PATH:
+            if method != "POST":
+                return self._not_allowed()
+            return self._api(
+                "submit", entry, lambda: state.handle_submit(auth, self.headers.get("X-DashScope-Async"), body)
+            )
+        if path.rstrip("/") == TASKS_PATH:
+            if method != "GET":
+                return self._not_allowed()
+            return self._api("list", entry, lambda: state.handle_list(auth, urllib.parse.parse_qs(query)))
+        if path.startswith(tasks_prefix):
+            rest = path[len(tasks_prefix) :].strip("/")
+            if rest.endswith("/cancel") and rest.count("/") == 1:
+                if method != "POST":
+                    return self._not_allowed()
+                task_id = rest[: -len("/cancel")]
+                return self._api("cancel", entry, lambda: state.handle_cancel(auth, task_id))
+            if rest and "/" not in rest:
+                if method != "GET":
+                    return self._not_allowed()
+                return self._api("query", entry, lambda: state.handle_query(auth, rest))
+        self._send_json(404, {"request_id": "", "code": "NotFound", "message": f"No route for {method} {path}"})
+        return 404
+
+    def _not_allowed(self) -> int:
+        self._send_json(405, {"request_id": "", "code": "MethodNotAllowed", "message": f"{self.command} not allowed"})
+        return 405
+
+    def _api(self, kind: str, entry: dict[str, Any], call: Any) -> int | str:
+        """Run one API call through the fault plan drawn for it."""
+        state = self.server.state
+        state.note_request(kind)
+        plan: FaultPlan = state.draw_fault()
+        if plan.slow:
+            entry["fault"] = "slow"
+            time.sleep(state.config.slow_seconds)
+        if plan.kind is not None:
+            entry["fault"] = plan.kind + ("_after" if plan.after and plan.kind in ("drop", "malformed") else "")
+        if plan.kind == "5xx":
+            if plan.server_error_status == 500:
+                self._send_json(500, {"request_id": "", "code": "InternalError", "message": MSG_INTERNAL})
+            else:
+                self._send_json(503, {"request_id": "", "code": "ModelUnavailable", "message": MSG_MODEL_UNAVAILABLE})
+            return plan.server_error_status
+        if plan.kind == "429":
+            # Deliberately without Retry-After: the vendor does not promise one.
+            self._send_json(429, {"request_id": "", "code": "Throttling", "message": MSG_THROTTLING})
+            return 429
+        if plan.kind == "drop" and not plan.after:
+            self._drop()
+            return "dropped"
+        if plan.kind == "malformed" and not plan.after:
+            self._send(502, _PROXY_502, "text/html")
+            return 502
+
+        reply: Reply = call()
+        if plan.kind == "drop":
+            if reply.accepted_task is not None:
+                state.note_lost_submit()
+            self._drop()
+            return "dropped"
+        if plan.kind == "malformed":
+            if reply.accepted_task is not None:
+                state.note_lost_submit()
+            data = json.dumps(reply.body).encode()
+            self._send(reply.status, data[: max(1, len(data) // 2)], "application/json", reply.headers)
+            return reply.status
+        self._send_json(reply.status, reply.body, reply.headers)
+        return reply.status
+
+    def _serve_sample(self, name: str) -> int:
+        cfg = self.server.state.config
+        data: bytes | None = None
+        safe = name and "/" not in name and "\\" not in name and not name.startswith(".")
+        if safe and cfg.samples_dir is not None:
+            root = Path(cfg.samples_dir)
+            candidate = root / name
+            if candidate.is_file() and candidate.resolve().parent == root.resolve():
+                data = candidate.read_bytes()
+        if safe and data is None:
+            # The built-in samples are always available, also next to a --samples directory.
+            data = sample_images().get(name)
+        if data is None:
+            self._send_json(404, {"code": "NoSuchKey", "message": "The specified key does not exist."})
+            return 404
+        self._send(200, data, mimetypes.guess_type(name)[0] or "application/octet-stream")
+        return 200
+
+    # ------------------------------------------------------------------ control
+
+    def _control(self, name: str, body: bytes) -> None:
+        state = self.server.state
+        method = self.command
+        if name == "stats" and method == "GET":
+            self._send_json(200, state.stats())
+        elif name == "tasks" and method == "GET":
+            self._send_json(200, state.tasks())
+        elif name == "requests" and method == "GET":
+            self._send_json(200, state.request_log())
+        elif name == "config" and method == "GET":
+            self._send_json(200, state.config.public_dict())
+        elif name == "config" and method == "POST":
+            try:
+                updates = json.loads(body.decode("utf-8") or "{}")
+                if not isinstance(updates, dict):
+                    raise ValueError("the body must be a JSON object of settings")
+                for key in ("clock",):
+                    if key in updates:
+                        raise ValueError(f"{key} cannot be set over HTTP")
+                new = state.update(updates, started=True)
+            except (ValueError, TypeError) as exc:
+                self._send_json(400, {"error": str(exc)})
+                return
+            self._send_json(200, new.public_dict())
+        elif name == "reset" and method == "POST":
+            state.reset()
+            self._send_json(200, {"reset": True})
+        else:
+            self._send_json(404, {"error": f"unknown control endpoint {method} {CONTROL_PREFIX}{name}"})
+
+
+class Emulator:
+    """An in-process DashScope try-on emulator on a background thread.
+
+    ``Emulator(EmulatorConfig(port=0))`` picks a free port; ``start()`` binds and serves;
+    ``base_url`` is then e.g. ``http://127.0.0.1:54321``. Usable as a context manager.
+    Keyword overrides are applied on top of ``config``: ``Emulator(latency=0.1)``.
+    """
+
+    def __init__(self, config: EmulatorConfig | None = None, **overrides: Any) -> None:
+        cfg = config if config is not None else EmulatorConfig()
+        self.state = EmulatorState(cfg)
+        if overrides:
+            self.state.update(overrides, started=False)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self.state.config
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the emulator is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the emulator is not started")
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def sample_url(self, name: str) -> str:
+        return f"{self.base_url}/samples/{name}"
+
+    def start(self) -> Emulator:
+        if self._server is not None:
+            return self
+        cfg = self.config
+        server = _Server((cfg.host, cfg.port), self.state)
+        self._server = server
+        self.state.base_url = self.base_url
+        self.state.start_workers()
+        # Draw the built-in samples now rather than inside the first task's fetch.
+        threading.Thread(target=sample_images, name="aitryon-emulator-samples", daemon=True).start()
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="aitryon-emulator-http", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_all_connections()
+        server.server_close()
+        self.state.stop_workers()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ control, in-process
+
+    def update(self, **settings: Any) -> EmulatorConfig:
+        """Change settings at runtime (faults, limits, latency, result_shape, api_key, clock...)."""
+        return self.state.update(settings, started=self._server is not None)
+
+    def reset(self) -> None:
+        self.state.reset()
+
+    def stats(self) -> dict[str, Any]:
+        """Same dict as ``GET /_emulator/stats``."""
+        return self.state.stats()
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """Same list as ``GET /_emulator/tasks``."""
+        return self.state.tasks()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Same list as ``GET /_emulator/requests``."""
+        return self.state.request_log()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until every submitted task's render is done (useful before moving a ManualClock)."""
+        return self.state.wait_idle(timeout)
