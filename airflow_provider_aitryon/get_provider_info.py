@@ -51,6 +51,7 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "sensors": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.sensors.refiner"]}],
         "triggers": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.triggers.dashscope"]}],
+        "extra-links": [f"{_PACKAGE}.links.TryOnResultLink"],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

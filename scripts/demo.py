@@ -1,61 +1,73 @@
-"""`make demo`: run the example DAG in real Airflow against the built-in emulator, offline.
+"""`make demo`: run the example DAGs in real Airflow against the built-in emulator, offline.
 
 Prepares a SQLite Airflow home in .demo/ (git-ignored), generates sample images, starts the
-emulator, runs `airflow dags test aitryon_refine`, stops the emulator and says where the refined
-image is.
+emulator, runs `airflow dags test` for the full pipeline (coarse → refine → save → contact sheet)
+and for the refiner-only DAG, stops the emulator and says where the images are.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import requests
-from harness import (
-    REPO,
-    airflow_env,
-    dags_test,
-    emulator_process,
-    make_coarse_image,
-    migrate,
-    task_states,
-    xcom_value,
-)
+from harness import REPO, airflow_env, dags_test, emulator_process, migrate, task_states, xcom_value
 
 DEMO = REPO / ".demo"
+
+
+def run(env: dict[str, str], home: Path, dag_id: str, conf: dict[str, str]) -> bool:
+    print(f"Running `airflow dags test {dag_id}` ...")
+    result = dags_test(env, dag_id, conf)
+    log = DEMO / f"{dag_id}.log"
+    log.write_text(result.stdout + result.stderr)
+    states = task_states(home, dag_id)
+    print("  task states:", ", ".join(f"{task}={state}" for task, state in sorted(states.items())))
+    if result.returncode != 0 or any(state != "success" for state in states.values()):
+        print(f"  the run failed; its Airflow log is {log}", file=sys.stderr)
+        return False
+    print(f"  Airflow log: {log}")
+    return True
 
 
 def main() -> int:
     home = DEMO / "airflow"
     output = DEMO / "output"
     shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(output, ignore_errors=True)
     home.mkdir(parents=True)
-    output.mkdir(parents=True, exist_ok=True)
-    print("Starting the DashScope emulator (offline; no request leaves this machine)...")
+    output.mkdir(parents=True)
+    print("Starting the DashScope emulator (offline; no request leaves this machine) ...")
     with emulator_process(DEMO / "emulator", "--latency", "2") as emulator:
         print(f"Emulator at {emulator.base_url}; sample images in {DEMO / 'emulator' / 'samples'}")
         env = airflow_env(home, emulator.base_url)
         print(f"Preparing the Airflow metadata DB in {home} ...")
         migrate(env)
-        coarse_url = make_coarse_image(env)
-        print(f"Coarse try-on image (the refiner's input): {coarse_url}")
-        print("Running `airflow dags test aitryon_refine` ...")
-        result = dags_test(env, "aitryon_refine", {"coarse_image_url": coarse_url})
-        (DEMO / "dags_test.log").write_text(result.stdout + result.stderr)
-        states = task_states(home, "aitryon_refine")
-        print("Task states:", ", ".join(f"{task}={state}" for task, state in sorted(states.items())))
-        image_url = xcom_value(home, "aitryon_refine", "report_refined_image")
-        if result.returncode != 0 or not image_url:
-            print(f"The DAG run failed; the full log is in {DEMO / 'dags_test.log'}", file=sys.stderr)
+
+        if not run(env, home, "aitryon_pipeline", {"output": str(output / "pipeline")}):
             return 1
-        refined = output / "refined.png"
-        response = requests.get(image_url, timeout=30)
-        response.raise_for_status()
-        refined.write_bytes(response.content)
+        refined = xcom_value(home, "aitryon_pipeline", "save_refined")
+        sheet = xcom_value(home, "aitryon_pipeline", "contact_sheet")
+        cost = xcom_value(home, "aitryon_pipeline", "report_cost")
+        coarse_url = xcom_value(home, "aitryon_pipeline", "wait_for_coarse")["image_url"]
+
+        # The refiner-only DAG, fed the coarse result the pipeline made.
+        if not run(env, home, "aitryon_refine", {"coarse_image_url": coarse_url}):
+            return 1
+        refined_url = xcom_value(home, "aitryon_refine", "report_refined_image")
+        refine_only = output / "refine_only" / "refined.png"
+        refine_only.parent.mkdir(parents=True, exist_ok=True)
+        refine_only.write_bytes(requests.get(refined_url, timeout=30).content)
+
     print()
-    print(f"Refined image URL (served by the emulator while it ran): {image_url}")
-    print(f"Refined image saved to: {refined}")
-    print(f"Airflow log of the run: {DEMO / 'dags_test.log'}")
+    print(
+        f"Refined image (pipeline):     {refined['uri']}  ({refined['width']}x{refined['height']}, "
+        f"sha256 {refined['sha256'][:12]}…)"
+    )
+    print(f"Contact sheet (open it):      {sheet['uri']}")
+    print(f"Refined image (refiner DAG):  {refine_only}")
+    print(f"Estimated list price of the pipeline run: CNY {cost['total_cny']} for {cost['images']}")
     return 0
 
 

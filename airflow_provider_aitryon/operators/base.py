@@ -18,6 +18,7 @@ from airflow_provider_aitryon.errors import DashScopeAPIError
 from airflow_provider_aitryon.failures import AirflowSensorTimeout, airflow_errors
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.ledger import Ledger, VariableLedger, ledger_key, new_entry, usable
+from airflow_provider_aitryon.links import TryOnResultLink
 from airflow_provider_aitryon.models import Outcome, TaskStatus
 from airflow_provider_aitryon.waiting import DashScopeWaitMixin
 
@@ -43,6 +44,7 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
     """
 
     ledger: ClassVar[Ledger] = VariableLedger()
+    operator_extra_links = (TryOnResultLink(),)  # filled when wait_for_completion returns a result
 
     def __init__(
         self,

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
-from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 from PIL import Image, UnidentifiedImageError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
@@ -559,8 +559,8 @@ class SaveTryOnResultOperator(BaseOperator):
 
     The XCom ``return_value`` is ``{"uri", "bytes", "sha256", "format", "width", "height",
     "source_url"}``. To make downstream DAGs run when the file lands, pass
-    ``outlets=[Asset("s3://bucket/results/<name>.png")]``: outlets are a BaseOperator argument and
-    are passed through unchanged; the Asset URI should name the file this task writes.
+    ``outlets=[Asset(...)]``: each Asset outlet's event carries that dict as its ``extra``, so a
+    consumer finds the saved file's URI and checksum in ``triggering_asset_events``.
 
     :param image_url: the result URL, or the dict the DashScope sensor returned (then its
         ``task_id`` names the file in a directory destination); an XComArg such as
@@ -599,7 +599,7 @@ class SaveTryOnResultOperator(BaseOperator):
         self.attempts = attempts
 
     def execute(self, context: Context) -> dict[str, Any]:
-        return save_image(
+        saved = save_image(
             self.image_url,
             self.destination,
             max_bytes=self.max_bytes,
@@ -608,3 +608,10 @@ class SaveTryOnResultOperator(BaseOperator):
             conn_id=self.conn_id or None,
             attempts=self.attempts,
         )
+        # A downstream DAG scheduled on the Asset learns which file landed from the event's extra.
+        outlet_events = context.get("outlet_events") if hasattr(context, "get") else None
+        if outlet_events is not None:
+            for outlet in self.outlets or []:
+                if isinstance(outlet, Asset):
+                    outlet_events[outlet].extra.update(saved)
+        return saved

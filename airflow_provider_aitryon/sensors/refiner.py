@@ -9,6 +9,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.failures import AirflowFailException, AirflowSkipException, airflow_errors
+from airflow_provider_aitryon.links import TryOnResultLink
 from airflow_provider_aitryon.waiting import DashScopeWaitMixin
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
 
     template_fields: Sequence[str] = ("dashscope_task_id", "dashscope_conn_id")
     ui_color = "#e1bee7"
+    operator_extra_links = (TryOnResultLink(),)
 
     def __init__(
         self,
