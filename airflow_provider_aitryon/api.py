@@ -299,6 +299,15 @@ def decode(call: ApiCall, http_status: int, headers: Mapping[str, str], body: by
                 "request_id": None,
                 "recovered_from_truncated_body": True,
             }
+    if call.operation == "submit" and 200 <= http_status < 300:
+        # Accepted, but the task id was lost with the body: a resubmission would be charged again.
+        raise DashScopeAPIError(
+            operation=call.operation,
+            http_status=http_status,
+            message=f"DashScope accepted the task but {problem}, so its task id is unknown; it was not "
+            "resubmitted to avoid paying twice (find it in the DashScope console, or re-run to submit anew)",
+            retryable=False,
+        )
     raise DashScopeAPIError(
         operation=call.operation,
         http_status=http_status,

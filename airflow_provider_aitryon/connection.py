@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -115,13 +116,15 @@ def _number(conn_id: str, name: str, value: Any, kind: type, minimum: float) -> 
     try:
         if isinstance(value, bool):
             raise ValueError
-        number = kind(value)
+        number: float | None = float(value)
     except (TypeError, ValueError):
         number = None
-    if number is None or number < minimum:
+    # NaN compares false with everything and a fraction is not a count: refuse both here, before
+    # they reach a socket timeout or a retry loop.
+    if number is None or not math.isfinite(number) or number < minimum or (kind is int and not number.is_integer()):
         kind_name = "a whole number" if kind is int else "a number"
         raise DashScopeConfigError(
             f"Connection {conn_id!r} extra field {name} must be {kind_name} of at least {minimum:g}, "
             f"got {value!r}; fix it in the connection's Extra."
         )
-    return number
+    return kind(number)

@@ -30,7 +30,8 @@ def backoff_delay(
     rng: random.Random | None = None,
 ) -> float:
     """Full-jitter delay before retry number `attempt` (1-based), honouring Retry-After as a floor."""
-    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    # The exponent is bounded so a huge attempt number cannot overflow before the cap applies.
+    ceiling = min(cap, base * (2.0 ** min(max(0, attempt - 1), 64)))
     delay = (rng or random).uniform(0.0, ceiling)
     if retry_after is not None:
         delay = max(delay, retry_after)

@@ -20,8 +20,9 @@ from airflow_provider_aitryon.operators.base import DashScopeSubmitOperator  # n
 API_KEY = "sk-test-SECRET-7f3a9c"
 
 
-def set_connection(monkeypatch: pytest.MonkeyPatch, base_url: str, conn_id: str = "dashscope_default",
-                   **extra: Any) -> None:
+def set_connection(
+    monkeypatch: pytest.MonkeyPatch, base_url: str, conn_id: str = "dashscope_default", **extra: Any
+) -> None:
     """Point a `dashscope` connection at a loopback server, with backoffs short enough for tests."""
     settings = {"backoff_base": 0.01, "backoff_max": 0.05, "max_attempts": 3, "read_timeout": 5}
     settings.update(extra)

@@ -270,6 +270,19 @@ def test_submit_rate_limit_429_creates_no_task(clock: ManualClock) -> None:
         assert emu.stats()["tasks_total"] == 4
 
 
+def test_throttle_submits_answers_the_next_n_submits_429(emu: Emulator) -> None:
+    emu.update(throttle_submits=2)
+    for _ in range(2):
+        r = submit(emu, coarse_body(emu))
+        assert r.status_code == 429
+        assert r.json()["code"] == "Throttling.RateQuota"
+        assert r.headers["Retry-After"] == "1"
+    submit_ok(emu, coarse_body(emu))
+    stats = emu.stats()
+    assert stats["throttled_by_endpoint"]["submit"] == 2
+    assert stats["submits_accepted"] == 1
+
+
 def test_query_rate_limit(clock: ManualClock) -> None:
     with Emulator(config(latency=10.0, clock=clock, query_rate=2)) as emu:
         tid = submit_ok(emu, coarse_body(emu))

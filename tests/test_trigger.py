@@ -48,8 +48,13 @@ def test_kwargs_never_hold_the_key(scripted):
 
 
 async def test_polls_until_success_and_yields_one_json_safe_event(scripted):
-    scripted.add(replies.task("PENDING"), replies.task("PRE-PROCESSING"), replies.task("RUNNING"),
-                 replies.task("POST-PROCESSING"), replies.task("SUCCEEDED"))
+    scripted.add(
+        replies.task("PENDING"),
+        replies.task("PRE-PROCESSING"),
+        replies.task("RUNNING"),
+        replies.task("POST-PROCESSING"),
+        replies.task("SUCCEEDED"),
+    )
     events = await events_of(make())
     assert len(events) == 1
     event = events[0]
@@ -87,8 +92,7 @@ async def test_deadline_gives_a_timeout_event_with_the_last_status(scripted):
 
 async def test_survives_a_short_transient_streak(scripted, monkeypatch):
     set_connection(monkeypatch, scripted.base_url, max_attempts=1)
-    scripted.add(replies.error(503, "ModelUnavailable"), replies.error(500, "InternalError"),
-                 replies.task("SUCCEEDED"))
+    scripted.add(replies.error(503, "ModelUnavailable"), replies.error(500, "InternalError"), replies.task("SUCCEEDED"))
     (event,) = await events_of(make(max_transient_errors=2))
     assert event["status"] == "success"
 

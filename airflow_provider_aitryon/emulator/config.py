@@ -49,6 +49,9 @@ class EmulatorConfig:
     fault_slow: float = 0.0
     fault_malformed: float = 0.0
     slow_seconds: float = 3.0
+    # Answer the next N submits with 429 Throttling.RateQuota, as if the account's submit quota
+    # were spent: a deterministic throttled submit for tests. Counts down as submits arrive.
+    throttle_submits: int = 0
     seed: int = 0
     workers: int = 4
     fetch_timeout: float = 10.0
@@ -105,6 +108,8 @@ def validate(cfg: EmulatorConfig) -> None:
             _number(name, getattr(cfg, name), low=0.0)
     if isinstance(cfg.max_running, bool) or not isinstance(cfg.max_running, int) or cfg.max_running < 1:
         raise ValueError(f"max_running must be an integer >= 1, got {cfg.max_running!r}")
+    if isinstance(cfg.throttle_submits, bool) or not isinstance(cfg.throttle_submits, int) or cfg.throttle_submits < 0:
+        raise ValueError(f"throttle_submits must be an integer >= 0, got {cfg.throttle_submits!r}")
     if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {cfg.workers!r}")
     if cfg.result_shape not in RESULT_SHAPES:

@@ -34,6 +34,7 @@ succeed or fail; a task whose inputs are bad ends FAILED after the same time.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -452,6 +453,11 @@ class EmulatorState:
                 if (async_header or "").strip().lower() != "enable":
                     raise ApiError(403, "AccessDenied", MSG_SYNC_NOT_SUPPORTED)
                 acct = self._account(account)
+                if self.config.throttle_submits > 0:
+                    self.config = dataclasses.replace(self.config, throttle_submits=self.config.throttle_submits - 1)
+                    self._counters["throttled_429"] += 1
+                    self._counters["throttled_by_endpoint"]["submit"] += 1
+                    raise ApiError(429, "Throttling.RateQuota", MSG_RATE_QUOTA)
                 self._check_rate(acct.submit_window, self.config.submit_rate, now, "submit")
                 try:
                     body = json.loads(raw_body.decode("utf-8")) if raw_body.strip() else None
