@@ -116,6 +116,10 @@ class DashScopeHook(BaseHook):
                 return await self._asend(settings, call)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
+    async def arun_once(self, call: api.ApiCall) -> dict[str, Any]:
+        """One attempt, no retry: for callers that pace and retry across many calls themselves."""
+        return await self._asend(await self.asettings(), call)
+
     async def _asend(self, settings: ConnectionSettings, call: api.ApiCall) -> dict[str, Any]:
         if self._aclient is None:
             self._aclient = httpx.AsyncClient(

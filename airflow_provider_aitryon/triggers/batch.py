@@ -1,0 +1,477 @@
+"""DashScopeBatchTrigger: one trigger carries a whole chunk of catalog items to saved images.
+
+Per item: [coarse submit → wait] → refine submit → wait → save the refined image. The trigger
+submits within the account's submit rate and keeps only a bounded number of tasks outstanding (the
+account runs 5 at a time; the rest queue at DashScope), and it spends status queries where
+completions are due: each task gets a predicted end time from its place in the account's queue and
+the observed task latency, and is queried then, not round-robin.
+
+Restart-safe: the kwargs name the chunk file and its journal; every submission is journaled the
+moment its task id is known, so a rebuilt trigger replays the journal and polls what was submitted
+instead of submitting it again. Yields one small event (counts and the journal's URI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_aitryon import api
+from airflow_provider_aitryon.budget import AccountBudget, account_budget
+from airflow_provider_aitryon.catalog import (
+    STAGE_COARSE,
+    STAGE_REFINE,
+    CatalogItem,
+    Journal,
+    is_permanent,
+)
+from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
+from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
+from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
+from airflow_provider_aitryon.models import Outcome, TaskResult
+
+# Item phases. An item is in exactly one; the loop below moves it along.
+QUEUED, SUBMITTING, WAITING, POLLING, SAVING, DONE, FAILED = (
+    "queued", "submitting", "waiting", "polling", "saving", "done", "failed",
+)  # fmt: skip
+ACCOUNT_WIDE_CODES = {"InvalidApiKey", "AccessDenied", "Model.AccessDenied", "AccessDenied.Unpurchased", "Arrearage"}
+
+
+@dataclass
+class ItemState:
+    item: CatalogItem
+    stage: str
+    phase: str = QUEUED
+    task_id: str | None = None
+    task_ids: dict[str, str] = field(default_factory=dict)
+    coarse_url: str | None = None
+    result_url: str | None = None
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    not_before: float = 0.0  # backoff after a transient error
+    errors: int = 0
+    task_failures: int = 0
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    except ValueError:
+        try:
+            return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp()
+        except ValueError:
+            return None
+
+
+class DashScopeBatchTrigger(BaseTrigger):
+    """Carry one chunk of catalog items through DashScope and save the results.
+
+    :param chunk_uri: JSONL file of the chunk's items (written by the planning task).
+    :param journal_uri: the chunk's journal (see `catalog.Journal`).
+    :param output: where refined images are saved (``<output>/images/<sku>.png``).
+    :param dashscope_conn_id: connection; its budget is shared with other triggers of it.
+    :param expected_latency: first guess of seconds a task runs; learned from the API's times.
+    :param max_outstanding: tasks submitted but not ended, per account (account runs 5 at a time).
+    :param submit_rate, query_rate, max_running: the account's limits (DashScope: 10/s, 20/s, 5).
+    :param end_time: epoch seconds; then the trigger stops with a ``timeout`` event.
+    :param progress_interval: seconds between progress lines in the triggerer log.
+    """
+
+    def __init__(
+        self,
+        chunk_uri: str,
+        journal_uri: str,
+        output: str,
+        dashscope_conn_id: str = DEFAULT_CONN_ID,
+        coarse_model: str = api.MODEL_TRYON,
+        expected_latency: float = 10.0,
+        max_outstanding: int = 20,
+        submit_rate: float = 10.0,
+        query_rate: float = 20.0,
+        max_running: int = 5,
+        end_time: float | None = None,
+        progress_interval: float = 30.0,
+        max_task_failures: int = 2,
+        storage_conn_id: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.chunk_uri = chunk_uri
+        self.journal_uri = journal_uri
+        self.output = output
+        self.dashscope_conn_id = dashscope_conn_id
+        self.coarse_model = coarse_model
+        self.expected_latency = float(expected_latency)
+        self.max_outstanding = int(max_outstanding)
+        self.submit_rate = float(submit_rate)
+        self.query_rate = float(query_rate)
+        self.max_running = int(max_running)
+        self.end_time = end_time
+        self.progress_interval = float(progress_interval)
+        self.max_task_failures = int(max_task_failures)
+        self.storage_conn_id = storage_conn_id
+        self.clock = time.monotonic  # replaced in tests
+        self.queries = 0
+        self.submits = 0
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "chunk_uri": self.chunk_uri,
+                "journal_uri": self.journal_uri,
+                "output": self.output,
+                "dashscope_conn_id": self.dashscope_conn_id,
+                "coarse_model": self.coarse_model,
+                "expected_latency": self.expected_latency,
+                "max_outstanding": self.max_outstanding,
+                "submit_rate": self.submit_rate,
+                "query_rate": self.query_rate,
+                "max_running": self.max_running,
+                "end_time": self.end_time,
+                "progress_interval": self.progress_interval,
+                "max_task_failures": self.max_task_failures,
+                "storage_conn_id": self.storage_conn_id,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
+        try:
+            event = await BatchRun(self, hook).run()
+        finally:
+            await hook.aclose()
+        yield TriggerEvent(event)
+
+
+class BatchRun:
+    """The state of one trigger run: items, the due-time heap, in-flight requests and the journal."""
+
+    def __init__(self, trigger: DashScopeBatchTrigger, hook: DashScopeHook) -> None:
+        self.t = trigger
+        self.hook = hook
+        self.clock = trigger.clock
+        self.log = trigger.log
+        self.budget: AccountBudget = account_budget(
+            trigger.dashscope_conn_id,
+            submit_rate=trigger.submit_rate,
+            query_rate=trigger.query_rate,
+            max_running=trigger.max_running,
+            clock=self.clock,
+        )
+        self.latency = trigger.expected_latency
+        self.items: list[ItemState] = []
+        self.due: list[tuple[float, int, ItemState]] = []
+        self.seq = itertools.count()
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.journal: Journal | None = None
+        self.fatal: str | None = None
+        self.started = self.clock()
+        self.last_progress = self.started
+        self.last_flush = self.started
+        self.flush_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ set-up
+
+    async def _load(self) -> None:
+        from airflow_provider_aitryon.catalog import _path
+
+        chunk_text = await asyncio.to_thread(lambda: _path(self.t.chunk_uri, self.t.storage_conn_id).read_text())
+        items = [CatalogItem(**json.loads(line)) for line in chunk_text.splitlines() if line.strip()]
+        self.journal = await asyncio.to_thread(Journal, self.t.journal_uri, conn_id=self.t.storage_conn_id)
+        replay = self.journal.state()
+        for item in items:
+            self.items.append(self._restore(item, replay.get(item.sku, {})))
+
+    def _restore(self, item: CatalogItem, stages: dict[str, dict[str, Any]]) -> ItemState:
+        """Pick up an item where the journal left it: never submit what was already submitted."""
+        state = ItemState(item=item, stage=item.first_stage)
+        for stage in (STAGE_COARSE, STAGE_REFINE):
+            entry = stages.get(stage)
+            if not entry or "submitted" not in entry:
+                continue
+            state.stage = stage
+            state.task_id = entry["submitted"]["task_id"]
+            state.task_ids[stage] = state.task_id
+            if "failed" in entry and not entry["failed"].get("retryable"):
+                state.phase = FAILED
+                return state
+            finished = entry.get("finished")
+            if finished and finished["status"] == "SUCCEEDED":
+                if stage == STAGE_COARSE:
+                    state.coarse_url = finished["image_url"]
+                    continue  # on to the refine stage (journaled or not)
+                state.result_url = finished["image_url"]
+                state.phase = DONE if "saved" in entry else SAVING
+            elif finished:
+                # Ended without an image (failed, canceled, expired). A retryable end was not
+                # charged, so it is submitted again; a permanent one stays failed.
+                state.phase = FAILED if is_permanent(finished.get("code")) else QUEUED
+                if state.phase == QUEUED:
+                    state.task_id = None
+            else:
+                state.phase = WAITING  # submitted and not seen ending: poll it
+                state.submitted_at = self.clock()
+            return state
+        if state.coarse_url and state.stage == STAGE_COARSE:
+            state.stage = STAGE_REFINE  # the coarse image exists; the refine stage was never submitted
+        return state
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self) -> dict[str, Any]:
+        await self._load()
+        for state in self.items:
+            if state.phase == WAITING:
+                self.budget.outstanding += 1
+                self._schedule(state, self.clock())
+            elif state.phase == SAVING:
+                self._spawn(self._save(state))
+        while self.fatal is None and any(s.phase not in (DONE, FAILED) for s in self.items):
+            now = self.clock()
+            if self.t.end_time is not None and time.time() >= self.t.end_time:
+                return await self._finish("timeout", "the chunk did not finish before its deadline")
+            self._launch_submits(now)
+            self._launch_polls(now)
+            await self._maybe_flush(now)
+            self._maybe_report(now)
+            await self._idle(now)
+        if self.fatal is not None:
+            return await self._finish("error", self.fatal)
+        return await self._finish("done", None)
+
+    def _launch_submits(self, now: float) -> None:
+        for state in self.items:
+            if self.budget.outstanding >= self.t.max_outstanding:
+                return
+            if state.phase != QUEUED or state.not_before > now:
+                continue
+            if not self.budget.submit.try_acquire():
+                return
+            state.phase = SUBMITTING
+            self.budget.outstanding += 1  # counted now so parallel submits respect the cap
+            self._spawn(self._submit(state))
+
+    def _launch_polls(self, now: float) -> None:
+        while self.due and self.due[0][0] <= now:
+            if not self.budget.query.try_acquire():
+                return
+            _, _, state = heapq.heappop(self.due)
+            if state.phase == WAITING:
+                state.phase = POLLING
+                self._spawn(self._poll(state))
+
+    async def _idle(self, now: float) -> None:
+        """Sleep until something can happen: a request returns, a task is due or a token refills."""
+        waits = [1.0]
+        if self.due:
+            waits.append(max(0.0, self.due[0][0] - now))
+            waits.append(self.budget.query.wait_time())
+        if any(s.phase == QUEUED for s in self.items) and self.budget.outstanding < self.t.max_outstanding:
+            waits.append(self.budget.submit.wait_time())
+            waits.extend(s.not_before - now for s in self.items if s.phase == QUEUED and s.not_before > now)
+        timeout = max(0.005, min(waits))
+        if self.in_flight:
+            await asyncio.wait(self.in_flight, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(timeout)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    # ------------------------------------------------------------------ actions
+
+    async def _submit(self, state: ItemState) -> None:
+        item = state.item
+        try:
+            call = item.call(state.stage, coarse_image_url=state.coarse_url, coarse_model=self.t.coarse_model)
+            submitted = api.parse_submitted(await self.hook.arun_once(call))
+        except DashScopeConfigError as exc:
+            self.budget.outstanding -= 1
+            self._fail(state, "InvalidParameter", str(exc), retryable=False)
+            return
+        except DashScopeAPIError as exc:
+            self.budget.outstanding -= 1
+            self._on_error(state, exc, self.budget.submit, QUEUED)
+            return
+        self.t.submits += 1
+        self.budget.submitted_total += 1
+        now = self.clock()
+        state.task_id = submitted.task_id
+        state.task_ids[state.stage] = submitted.task_id
+        state.submitted_at = now
+        state.started_at = None
+        state.errors = 0
+        assert self.journal is not None
+        self.journal.add("submitted", item.sku, state.stage, task_id=submitted.task_id, request_id=submitted.request_id)
+        await self._flush()  # journaled before anything else happens: a restart must not resubmit
+        state.phase = WAITING
+        self._schedule(state, now)
+
+    async def _poll(self, state: ItemState) -> None:
+        assert state.task_id is not None
+        self.t.queries += 1
+        try:
+            result = api.parse_task(await self.hook.arun_once(api.query_call(state.task_id)), state.task_id)
+        except DashScopeAPIError as exc:
+            self._on_error(state, exc, self.budget.query, WAITING)
+            if state.phase == WAITING:
+                heapq.heappush(self.due, (state.not_before, next(self.seq), state))
+            return
+        state.errors = 0
+        now = self.clock()
+        if result.outcome is Outcome.RUNNING:
+            state.phase = WAITING
+            if result.raw_status != "PENDING" and state.started_at is None:
+                state.started_at = now
+            self._schedule(state, now)
+            return
+        self.budget.outstanding -= 1
+        self._learn_latency(result, state, now)
+        assert self.journal is not None
+        self.journal.add(
+            "finished", state.item.sku, state.stage, task_id=state.task_id, status=result.status.value,
+            image_url=result.image_url, code=result.code, message=result.message,
+        )  # fmt: skip
+        if result.outcome is Outcome.FAILURE:
+            code = result.code or result.status.value
+            retryable = not is_permanent(result.code) and state.task_failures < self.t.max_task_failures
+            if retryable:
+                state.task_failures += 1
+                state.phase, state.task_id = QUEUED, None  # not charged: submit it again
+                self.log.info("Item %s: DashScope task ended %s (%s); submitting again.", state.item.sku,
+                              result.raw_status, code)  # fmt: skip
+                return
+            self._fail(state, code, result.message or f"the task ended {result.raw_status}",
+                       retryable=not is_permanent(result.code))  # fmt: skip
+            return
+        if state.stage == STAGE_COARSE:
+            state.coarse_url = result.image_url
+            state.stage, state.phase, state.task_id = STAGE_REFINE, QUEUED, None
+            return
+        state.result_url = result.image_url
+        state.phase = SAVING
+        await self._save(state)
+
+    async def _save(self, state: ItemState) -> None:
+        from airflow_provider_aitryon.operators.storage import save_image
+
+        destination = f"{self.t.output.rstrip('/')}/images/{_file_name(state.item.sku)}.png"
+        try:
+            saved = await asyncio.to_thread(
+                save_image, state.result_url or "", destination, conn_id=self.t.storage_conn_id, attempts=3
+            )
+        except Exception as exc:  # the URL expired or storage refused: the paid image is not kept
+            self._fail(state, "SaveFailed", str(exc), retryable=True)
+            return
+        assert self.journal is not None
+        self.journal.add("saved", state.item.sku, STAGE_REFINE, uri=saved["uri"], sha256=saved["sha256"])
+        state.phase = DONE
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _schedule(self, state: ItemState, now: float) -> None:
+        """Query a task when it is predicted to have ended: queue position and latency decide."""
+        slack = 0.05 * self.latency + 0.02
+        if state.started_at is not None:
+            due = state.started_at + self.latency + slack
+        else:
+            ahead = sum(1 for s in self.items if s.phase in (WAITING, POLLING) and s.submitted_at < state.submitted_at)
+            waves = math.ceil((ahead + 1) / max(1, self.budget.max_running))
+            due = state.submitted_at + waves * self.latency + slack
+        if due <= now:  # running past its estimate: nearly done, look again shortly
+            due = now + min(0.25 * self.latency, 1.0)
+        heapq.heappush(self.due, (max(due, state.not_before), next(self.seq), state))
+
+    def _learn_latency(self, result: TaskResult, state: ItemState, now: float) -> None:
+        start, end = _parse_time(result.scheduled_time), _parse_time(result.end_time)
+        observed = end - start if start is not None and end is not None and end > start else None
+        if observed is None and state.started_at is not None:
+            observed = now - state.started_at
+        if observed is not None and observed > 0:
+            self.latency = 0.8 * self.latency + 0.2 * observed
+
+    def _on_error(self, state: ItemState, exc: DashScopeAPIError, bucket: Any, retry_phase: str) -> None:
+        if exc.code in ACCOUNT_WIDE_CODES:
+            self.fatal = str(exc)  # no item can succeed with this account; stop at once
+            state.phase = FAILED
+            return
+        if exc.http_status == 429 or (exc.code or "").startswith("Throttling"):
+            bucket.pause(exc.retry_after if exc.retry_after is not None else 1.0)
+        if not exc.retryable:
+            self._fail(state, exc.code or f"HTTP{exc.http_status}", exc.api_message or str(exc), retryable=False)
+            return
+        state.errors += 1
+        state.not_before = self.clock() + min(30.0, 0.5 * 2 ** min(state.errors, 6))
+        state.phase = retry_phase
+
+    def _fail(self, state: ItemState, code: str, message: str, *, retryable: bool) -> None:
+        state.phase = FAILED
+        assert self.journal is not None
+        self.journal.add("failed", state.item.sku, state.stage, code=code, message=message, retryable=retryable,
+                         task_id=state.task_id)  # fmt: skip
+
+    async def _flush(self) -> None:
+        assert self.journal is not None
+        # One writer at a time: a slower, older snapshot must never land after a newer one.
+        async with self.flush_lock:
+            if self.journal.dirty:
+                await asyncio.to_thread(self.journal.flush)
+        self.last_flush = self.clock()
+
+    async def _maybe_flush(self, now: float) -> None:
+        if now - self.last_flush >= 0.5:
+            await self._flush()
+
+    def counts(self) -> dict[str, int]:
+        done = sum(s.phase == DONE for s in self.items)
+        failed = sum(s.phase == FAILED for s in self.items)
+        return {
+            "items": len(self.items),
+            "succeeded": done,
+            "failed": failed,
+            "outstanding": len(self.items) - done - failed,
+            "submits": self.t.submits,
+            "queries": self.t.queries,
+        }
+
+    def _maybe_report(self, now: float) -> None:
+        if now - self.last_progress < self.t.progress_interval:
+            return
+        self.last_progress = now
+        c = self.counts()
+        finished = c["succeeded"] + c["failed"]
+        rate = finished / max(1e-9, now - self.started)
+        eta = f"{c['outstanding'] / rate:.0f}s" if rate > 0 else "unknown"
+        self.log.info(
+            "Chunk progress: %d done, %d failed, %d outstanding of %d; %d submits, %d queries; ETA %s.",
+            c["succeeded"], c["failed"], c["outstanding"], c["items"], c["submits"], c["queries"], eta,
+        )  # fmt: skip
+
+    async def _finish(self, status: str, message: str | None) -> dict[str, Any]:
+        if self.in_flight:
+            # Let requests in flight land (a submit's task id must reach the journal), then stop.
+            await asyncio.wait(self.in_flight, timeout=60)
+        for task in list(self.in_flight):
+            task.cancel()
+        await self._flush()
+        # Tasks this run leaves unfinished stop counting against the shared budget.
+        self.budget.outstanding -= sum(s.phase in (SUBMITTING, WAITING, POLLING) for s in self.items)
+        return {"status": status, "message": message, "journal": self.t.journal_uri, "counts": self.counts()}
+
+
+def _file_name(sku: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in sku)[:150] or "item"
