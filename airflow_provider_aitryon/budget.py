@@ -11,6 +11,7 @@ Time comes from an injectable clock so the pacing is tested without waiting.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,57 +19,75 @@ from dataclasses import dataclass, field
 Clock = Callable[[], float]
 
 
+class Slot:
+    """One request's place in a rate window: open while in flight, then stamped with its end."""
+
+    __slots__ = ("end",)
+
+    def __init__(self) -> None:
+        self.end = math.inf
+
+
 @dataclass
-class TokenBucket:
-    """`rate` tokens per second, bursts up to `burst`; `pause_until` stops it after a 429."""
+class RateLimiter:
+    """At most `rate` requests in any `window`-second span as the service sees them; pauses after a 429.
+
+    DashScope counts requests per second when they *arrive*, which is some time after we send them
+    and before the reply comes back. So a request counts from the moment it is sent until `window`
+    seconds after its reply: a new one is sent only when fewer than `rate` are in that span. A
+    token bucket would let its burst plus a second of refill into one window and be throttled.
+    """
 
     rate: float
-    burst: float
+    window: float = 1.02
     clock: Clock = time.monotonic
-    tokens: float = field(init=False)
-    updated: float = field(init=False)
+    recent: list[Slot] = field(default_factory=list, init=False)
     pause_until: float = field(default=0.0, init=False)
 
-    def __post_init__(self) -> None:
-        self.tokens = self.burst
-        self.updated = self.clock()
+    @property
+    def capacity(self) -> int:
+        return max(1, math.floor(self.rate))
 
-    def _refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+    def _forget_old(self, now: float) -> None:
+        self.recent = [slot for slot in self.recent if slot.end > now - self.window]
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self) -> Slot | None:
+        """A slot to send one request now (pass it to `done` when the reply is in), or None."""
         now = self.clock()
         if now < self.pause_until:
-            return False
-        self._refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+            return None
+        self._forget_old(now)
+        if len(self.recent) >= self.capacity:
+            return None
+        slot = Slot()
+        self.recent.append(slot)
+        return slot
+
+    def done(self, slot: Slot) -> None:
+        slot.end = self.clock()
 
     def wait_time(self) -> float:
-        """Seconds until a token can be taken (0 if one is there now)."""
+        """Seconds until a request can be sent (0: now; a short poll while only in-flight ones block)."""
         now = self.clock()
         if now < self.pause_until:
             return self.pause_until - now
-        self._refill(now)
-        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+        self._forget_old(now)
+        if len(self.recent) < self.capacity:
+            return 0.0
+        ended = [slot.end for slot in self.recent if slot.end != math.inf]
+        return max(0.0, min(ended) + self.window - now) if ended else 0.01
 
     def pause(self, seconds: float) -> None:
-        """The service said "too many": take nothing for a while and start again from empty."""
-        now = self.clock()
-        self.pause_until = max(self.pause_until, now + seconds)
-        self.tokens = 0.0
-        self.updated = self.pause_until
+        """The service said "too many": send nothing for a while."""
+        self.pause_until = max(self.pause_until, self.clock() + seconds)
 
 
 @dataclass
 class AccountBudget:
     """What one DashScope account (one connection) may spend, shared by the triggers using it."""
 
-    submit: TokenBucket
-    query: TokenBucket
+    submit: RateLimiter
+    query: RateLimiter
     max_running: int = 5
     outstanding: int = 0  # submitted, not yet ended: they occupy or wait for the running slots
     submitted_total: int = 0
@@ -77,11 +96,9 @@ class AccountBudget:
     def create(
         cls, *, submit_rate: float = 10.0, query_rate: float = 20.0, max_running: int = 5, clock: Clock = time.monotonic
     ) -> AccountBudget:
-        # A burst of one second's worth: the service counts per second, so a full second's burst is
-        # within the limit while a larger one would be throttled.
         return cls(
-            submit=TokenBucket(submit_rate, max(1.0, submit_rate), clock),
-            query=TokenBucket(query_rate, max(1.0, query_rate), clock),
+            submit=RateLimiter(submit_rate, clock=clock),
+            query=RateLimiter(query_rate, clock=clock),
             max_running=max_running,
         )
 

@@ -27,7 +27,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_aitryon import api
-from airflow_provider_aitryon.budget import AccountBudget, account_budget
+from airflow_provider_aitryon.budget import AccountBudget, Slot, account_budget
 from airflow_provider_aitryon.catalog import (
     STAGE_COARSE,
     STAGE_REFINE,
@@ -58,6 +58,7 @@ class ItemState:
     result_url: str | None = None
     submitted_at: float = 0.0
     started_at: float | None = None
+    last_seen: float = 0.0  # when we last learned its status (submit or query)
     not_before: float = 0.0  # backoff after a transient error
     errors: int = 0
     task_failures: int = 0
@@ -175,6 +176,7 @@ class BatchRun:
         self.due: list[tuple[float, int, ItemState]] = []
         self.seq = itertools.count()
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.submitting: set[asyncio.Task[None]] = set()
         self.journal: Journal | None = None
         self.fatal: str | None = None
         self.started = self.clock()
@@ -231,6 +233,21 @@ class BatchRun:
     # ------------------------------------------------------------------ main loop
 
     async def run(self) -> dict[str, Any]:
+        try:
+            return await self._run()
+        except asyncio.CancelledError:
+            # The triggerer is stopping (restart, redeploy): let submits in flight land in the
+            # journal, so the trigger rebuilt elsewhere polls them instead of submitting again.
+            await self._drain()
+            raise
+
+    async def _drain(self) -> None:
+        if self.submitting:
+            await asyncio.wait(self.submitting, timeout=60)
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.flush)
+
+    async def _run(self) -> dict[str, Any]:
         await self._load()
         for state in self.items:
             if state.phase == WAITING:
@@ -257,20 +274,27 @@ class BatchRun:
                 return
             if state.phase != QUEUED or state.not_before > now:
                 continue
-            if not self.budget.submit.try_acquire():
+            slot = self.budget.submit.try_acquire()
+            if slot is None:
                 return
             state.phase = SUBMITTING
             self.budget.outstanding += 1  # counted now so parallel submits respect the cap
-            self._spawn(self._submit(state))
+            task = self._spawn(self._submit(state, slot))
+            self.submitting.add(task)
+            task.add_done_callback(self.submitting.discard)
 
     def _launch_polls(self, now: float) -> None:
         while self.due and self.due[0][0] <= now:
-            if not self.budget.query.try_acquire():
+            _, _, state = self.due[0]
+            if state.phase != WAITING:  # stale entry: the item moved on
+                heapq.heappop(self.due)
+                continue
+            slot = self.budget.query.try_acquire()
+            if slot is None:
                 return
-            _, _, state = heapq.heappop(self.due)
-            if state.phase == WAITING:
-                state.phase = POLLING
-                self._spawn(self._poll(state))
+            heapq.heappop(self.due)
+            state.phase = POLLING
+            self._spawn(self._poll(state, slot))
 
     async def _idle(self, now: float) -> None:
         """Sleep until something can happen: a request returns, a task is due or a token refills."""
@@ -287,18 +311,22 @@ class BatchRun:
         else:
             await asyncio.sleep(timeout)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self.in_flight.add(task)
         task.add_done_callback(self.in_flight.discard)
+        return task
 
     # ------------------------------------------------------------------ actions
 
-    async def _submit(self, state: ItemState) -> None:
+    async def _submit(self, state: ItemState, slot: Slot) -> None:
         item = state.item
         try:
             call = item.call(state.stage, coarse_image_url=state.coarse_url, coarse_model=self.t.coarse_model)
-            submitted = api.parse_submitted(await self.hook.arun_once(call))
+            try:
+                submitted = api.parse_submitted(await self.hook.arun_once(call))
+            finally:
+                self.budget.submit.done(slot)
         except DashScopeConfigError as exc:
             self.budget.outstanding -= 1
             self._fail(state, "InvalidParameter", str(exc), retryable=False)
@@ -321,11 +349,14 @@ class BatchRun:
         state.phase = WAITING
         self._schedule(state, now)
 
-    async def _poll(self, state: ItemState) -> None:
+    async def _poll(self, state: ItemState, slot: Slot) -> None:
         assert state.task_id is not None
         self.t.queries += 1
         try:
-            result = api.parse_task(await self.hook.arun_once(api.query_call(state.task_id)), state.task_id)
+            try:
+                result = api.parse_task(await self.hook.arun_once(api.query_call(state.task_id)), state.task_id)
+            finally:
+                self.budget.query.done(slot)
         except DashScopeAPIError as exc:
             self._on_error(state, exc, self.budget.query, WAITING)
             if state.phase == WAITING:
@@ -335,9 +366,10 @@ class BatchRun:
         now = self.clock()
         if result.outcome is Outcome.RUNNING:
             state.phase = WAITING
-            if result.raw_status != "PENDING" and state.started_at is None:
-                state.started_at = now
-            self._schedule(state, now)
+            pending = result.raw_status == "PENDING"
+            if not pending and state.started_at is None:
+                state.started_at = (state.last_seen + now) / 2  # it started since we last looked
+            self._schedule(state, now, pending=pending)
             return
         self.budget.outstanding -= 1
         self._learn_latency(result, state, now)
@@ -383,17 +415,27 @@ class BatchRun:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _schedule(self, state: ItemState, now: float) -> None:
-        """Query a task when it is predicted to have ended: queue position and latency decide."""
-        slack = 0.05 * self.latency + 0.02
+    def _schedule(self, state: ItemState, now: float, *, pending: bool = False) -> None:
+        """Query a task when it should have ended, from its place in the queue and the latency.
+
+        - just submitted: it ends after the waves of tasks queued before it (5 run at a time);
+        - seen PENDING: it has not started, so it cannot end before one latency from now;
+        - seen RUNNING: it ends one latency after it started (estimated between two looks);
+        - running past that: it is nearly done; look again after a fifth of a latency.
+        """
+        latency = self.latency
+        slack = 0.05 * latency + 0.02
         if state.started_at is not None:
-            due = state.started_at + self.latency + slack
+            due = state.started_at + latency + slack
+            if due <= now:
+                due = now + max(0.2 * latency, 0.05)
         else:
             ahead = sum(1 for s in self.items if s.phase in (WAITING, POLLING) and s.submitted_at < state.submitted_at)
             waves = math.ceil((ahead + 1) / max(1, self.budget.max_running))
-            due = state.submitted_at + waves * self.latency + slack
-        if due <= now:  # running past its estimate: nearly done, look again shortly
-            due = now + min(0.25 * self.latency, 1.0)
+            due = state.submitted_at + waves * latency + slack
+            if pending:
+                due = max(due, now + latency + slack)
+        state.last_seen = now
         heapq.heappush(self.due, (max(due, state.not_before), next(self.seq), state))
 
     def _learn_latency(self, result: TaskResult, state: ItemState, now: float) -> None:

@@ -1,0 +1,166 @@
+"""The batch trigger against the emulator over real HTTP: pacing, query budget, restarts, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from airflow.sdk.module_loading import import_string
+from conftest import set_connection
+
+from airflow_provider_aitryon.budget import forget_budgets
+from airflow_provider_aitryon.catalog import Journal, journal_uri, plan_chunks, read_chunk, rows_from_journal
+from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
+from airflow_provider_aitryon.triggers.batch import DashScopeBatchTrigger
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    forget_budgets()
+    with Emulator(EmulatorConfig(latency=0.3)) as emu:
+        set_connection(monkeypatch, emu.base_url, backoff_base=0.01)
+        yield emu
+    forget_budgets()
+
+
+def coarse_image(emu: Emulator) -> str:
+    body = {
+        "model": "aitryon",
+        "input": {"person_image_url": emu.sample_url("person.png"), "top_garment_url": emu.sample_url("top.png")},
+        "parameters": {"resolution": -1, "restore_face": True},
+    }
+    headers = {"Authorization": "Bearer sk-x", "X-DashScope-Async": "enable"}
+    base = emu.base_url
+    task_id = requests.post(f"{base}/api/v1/services/aigc/image2image/image-synthesis", json=body, headers=headers,
+                            timeout=10).json()["output"]["task_id"]  # fmt: skip
+    for _ in range(200):
+        output = requests.get(f"{base}/api/v1/tasks/{task_id}", headers=headers, timeout=10).json()["output"]
+        if output["task_status"] == "SUCCEEDED":
+            return str(output["results"]["image_url"])
+        asyncio.run(asyncio.sleep(0.05))
+    raise AssertionError("coarse image not made")
+
+
+def catalog(tmp: Path, emu: Emulator, count: int, *, coarse: str | None, bad: dict[int, dict[str, str]] | None = None):
+    lines = []
+    for i in range(count):
+        item: dict[str, Any] = {
+            "sku": f"sku-{i:03d}",
+            "person_image_url": emu.sample_url("person.png"),
+            "top_garment_url": emu.sample_url("top.png"),
+            "gender": "woman",
+        }
+        if coarse:
+            item["coarse_image_url"] = coarse
+        item.update((bad or {}).get(i, {}))
+        lines.append(json.dumps(item))
+    path = tmp / "catalog.jsonl"
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+def trigger_for(chunk: str, output: str, **kwargs: Any) -> DashScopeBatchTrigger:
+    key = Path(chunk).stem
+    kwargs.setdefault("expected_latency", 0.3)
+    return DashScopeBatchTrigger(chunk_uri=chunk, journal_uri=journal_uri(output, key), output=output, **kwargs)
+
+
+async def run_to_event(trigger: DashScopeBatchTrigger) -> dict[str, Any]:
+    events = [event.payload async for event in trigger.run()]
+    assert len(events) == 1
+    assert json.loads(json.dumps(events[0])) == events[0]
+    return events[0]
+
+
+def test_a_chunk_is_refined_with_one_submit_per_item_and_few_queries(emulator, tmp_path):
+    coarse = coarse_image(emulator)
+    emulator.update(latency=1.0)
+    before = emulator.stats()
+    output = str(tmp_path / "out")
+    (chunk,) = plan_chunks(catalog(tmp_path, emulator, 14, coarse=coarse), output, chunk_size=50)
+    event = asyncio.run(run_to_event(trigger_for(chunk, output, expected_latency=1.0)))
+    after = emulator.stats()
+    assert event["status"] == "done"
+    assert event["counts"]["succeeded"] == 14
+    assert after["submits_accepted"] - before["submits_accepted"] == 14  # no duplicates
+    assert after["throttled_429"] == before["throttled_429"]  # paced within 10 submits/s
+    assert after["max_running_observed"] <= 5
+    queries = after["queries"] - before["queries"]
+    assert queries <= 2 * 14, f"{queries} queries for 14 items"  # spent where completions are due
+    rows, undone = rows_from_journal(read_chunk(chunk), Journal(journal_uri(output, Path(chunk).stem)))
+    assert undone == []
+    for row in rows:
+        saved = Path(row.image)
+        assert saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert row.task_ids.keys() == {"refine"}
+
+
+def test_items_without_a_coarse_image_run_both_stages(emulator, tmp_path):
+    output = str(tmp_path / "out")
+    (chunk,) = plan_chunks(catalog(tmp_path, emulator, 3, coarse=None), output)
+    event = asyncio.run(run_to_event(trigger_for(chunk, output)))
+    assert event["counts"]["succeeded"] == 3
+    tasks = {t["task_id"]: t for t in emulator.tasks()}
+    rows, _ = rows_from_journal(read_chunk(chunk), Journal(journal_uri(output, Path(chunk).stem)))
+    for row in rows:
+        coarse_task, refine_task = tasks[row.task_ids["coarse"]], tasks[row.task_ids["refine"]]
+        assert coarse_task["model"] == "aitryon"
+        assert coarse_task["parameters"] == {"resolution": -1, "restore_face": True}
+        assert refine_task["input"]["coarse_image_url"].endswith(f"/results/{row.task_ids['coarse']}.png")
+
+
+def test_permanent_failures_are_recorded_and_do_not_stop_the_chunk(emulator, tmp_path):
+    coarse = coarse_image(emulator)
+    output = str(tmp_path / "out")
+    bad = {1: {"person_image_url": emulator.sample_url("blank_person.png")}}
+    (chunk,) = plan_chunks(catalog(tmp_path, emulator, 4, coarse=coarse, bad=bad), output)
+    event = asyncio.run(run_to_event(trigger_for(chunk, output)))
+    assert event["counts"] == {**event["counts"], "succeeded": 3, "failed": 1, "outstanding": 0}
+    rows, _ = rows_from_journal(read_chunk(chunk), Journal(journal_uri(output, Path(chunk).stem)))
+    (failed,) = [r for r in rows if r.status == "failed"]
+    assert (failed.sku, failed.code, failed.retryable) == ("sku-001", "InvalidPerson", False)
+
+
+def test_a_rebuilt_trigger_resumes_and_submits_nothing_twice(emulator, tmp_path):
+    coarse = coarse_image(emulator)
+    emulator.update(latency=1.0)
+    before = emulator.stats()["submits_accepted"]
+    output = str(tmp_path / "out")
+    (chunk,) = plan_chunks(catalog(tmp_path, emulator, 12, coarse=coarse), output)
+    first = trigger_for(chunk, output, expected_latency=1.0)
+
+    async def stop_midway() -> None:
+        task = asyncio.ensure_future(run_to_event(first))
+        while emulator.stats()["submits_accepted"] - before < 6:
+            await asyncio.sleep(0.02)
+        task.cancel()  # the triggerer goes away with tasks submitted, queued and running
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(stop_midway())
+    submitted_before_restart = emulator.stats()["submits_accepted"] - before
+    assert 6 <= submitted_before_restart < 12
+    journal = Journal(journal_uri(output, Path(chunk).stem))
+    assert sum(r["event"] == "submitted" for r in journal.records) == submitted_before_restart
+
+    forget_budgets()  # a new triggerer process starts with fresh budgets
+    classpath, kwargs = first.serialize()
+    rebuilt = import_string(classpath)(**kwargs)
+    event = asyncio.run(run_to_event(rebuilt))
+    assert event["counts"]["succeeded"] == 12
+    assert emulator.stats()["submits_accepted"] - before == 12  # every item paid for exactly once
+    assert event["counts"]["submits"] == 12 - submitted_before_restart
+
+
+def test_account_wide_errors_stop_the_chunk(emulator, tmp_path, monkeypatch):
+    output = str(tmp_path / "out")
+    (chunk,) = plan_chunks(catalog(tmp_path, emulator, 3, coarse="http://127.0.0.1:9/c.png"), output)
+    emulator.update(api_key="sk-the-right-key")
+    event = asyncio.run(run_to_event(trigger_for(chunk, output)))
+    assert event["status"] == "error"
+    assert "InvalidApiKey" in event["message"]
