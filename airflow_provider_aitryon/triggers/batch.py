@@ -59,6 +59,7 @@ class ItemState:
     submitted_at: float = 0.0
     started_at: float | None = None
     last_seen: float = 0.0  # when we last learned its status (submit or query)
+    late_looks: int = 0  # queries that found it still running past its predicted end
     not_before: float = 0.0  # backoff after a transient error
     errors: int = 0
     task_failures: int = 0
@@ -421,14 +422,17 @@ class BatchRun:
         - just submitted: it ends after the waves of tasks queued before it (5 run at a time);
         - seen PENDING: it has not started, so it cannot end before one latency from now;
         - seen RUNNING: it ends one latency after it started (estimated between two looks);
-        - running past that: it is nearly done; look again after a fifth of a latency.
+        - running past that: nearly done; look again after a fifth of a latency, doubling each time.
         """
         latency = self.latency
         slack = 0.05 * latency + 0.02
         if state.started_at is not None:
             due = state.started_at + latency + slack
             if due <= now:
-                due = now + max(0.2 * latency, 0.05)
+                # Later than expected: look again soon, then less and less often, so a slow spell
+                # at the service costs a few queries, not a query every fraction of a latency.
+                due = now + max(0.2 * latency * 2 ** min(state.late_looks, 5), 0.05)
+                state.late_looks += 1
         else:
             ahead = sum(1 for s in self.items if s.phase in (WAITING, POLLING) and s.submitted_at < state.submitted_at)
             waves = math.ceil((ahead + 1) / max(1, self.budget.max_running))
