@@ -41,6 +41,7 @@ CODE_BAD_LENGTH = "InvalidInputLength"
 CODE_BAD_FORMAT = "InvalidURL"
 
 _ALLOWED_FORMATS_TEXT = "allowed formats are JPEG, PNG and BMP (also WEBP and HEIC where Pillow reads them)"
+_SIZE_RULE_TEXT = "images must be 5 KB to 5 MB"
 
 
 @dataclass(frozen=True)
@@ -118,15 +119,25 @@ def inspect_image(data: bytes, *, field: str = "image") -> ImageFacts:
     return ImageFacts(format=fmt, width=int(width), height=int(height), size_bytes=len(data))
 
 
+def check_byte_size(size: int, *, field: str, lower_bound: bool = False) -> None:
+    """Apply the byte-size rule alone, for callers that know a size before holding the bytes.
+
+    ``size`` is the image's size in bytes; with ``lower_bound`` it is only known to be at least
+    that (a download stopped after ``MAX_BYTES + 1`` bytes), so the message says "larger than".
+    """
+    if lower_bound and size > MAX_BYTES:
+        raise ImageRuleError(field, f"the image is larger than {_human_size(MAX_BYTES)}", _SIZE_RULE_TEXT)
+    if size < MIN_BYTES or size > MAX_BYTES:
+        raise ImageRuleError(field, f"the image is {_human_size(size)}", _SIZE_RULE_TEXT)
+
+
 def check_image(data: bytes, *, field: str) -> ImageFacts:
     """Apply every input rule to ``data``; return its facts or raise ``ImageRuleError``.
 
     The byte-size rule is applied first because it needs no parsing, then the format, then the
     pixel sides.
     """
-    size = len(data)
-    if size < MIN_BYTES or size > MAX_BYTES:
-        raise ImageRuleError(field, f"the image is {_human_size(size)}", "images must be 5 KB to 5 MB")
+    check_byte_size(len(data), field=field)
     facts = inspect_image(data, field=field)
     if facts.format not in ALLOWED_FORMATS:
         raise ImageRuleError(
@@ -152,6 +163,7 @@ __all__ = [
     "MIN_SIDE_EXCLUSIVE",
     "ImageFacts",
     "ImageRuleError",
+    "check_byte_size",
     "check_image",
     "inspect_image",
 ]

@@ -16,7 +16,7 @@ BOTTOM = "http://img.example/bottom.png"
 
 
 def tryon(**overrides):
-    kwargs = {"task_id": "submit", "person_image_url": PERSON, "top_garment_url": TOP}
+    kwargs = {"task_id": "submit", "person_image_url": PERSON, "top_garment_url": TOP, "validate_inputs": False}
     kwargs.update(overrides)
     return TryOnSubmitOperator(**kwargs)
 
@@ -78,7 +78,8 @@ def test_for_refiner_is_enforced_at_run_time_for_templated_values(scripted, cont
 
 def refiner(**overrides):
     kwargs = {"task_id": "submit", "person_image_url": PERSON, "top_garment_url": TOP,
-              "coarse_image_url": "http://img.example/coarse.png", "gender": "man"}  # fmt: skip
+              "coarse_image_url": "http://img.example/coarse.png", "gender": "man",
+              "validate_inputs": False}  # fmt: skip
     kwargs.update(overrides)
     return RefinerSubmitOperator(**kwargs)
 
@@ -150,7 +151,8 @@ def test_ledger_entry_is_written_before_anything_can_fail(scripted, memory_ledge
 
 def refiner_kwargs():
     return {"task_id": "submit", "person_image_url": PERSON, "top_garment_url": TOP,
-            "coarse_image_url": "http://img.example/coarse.png", "gender": "man"}  # fmt: skip
+            "coarse_image_url": "http://img.example/coarse.png", "gender": "man",
+            "validate_inputs": False}  # fmt: skip
 
 
 # ------------------------------------------------------------------------- submit and wait

@@ -20,6 +20,7 @@ from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.ledger import Ledger, VariableLedger, ledger_key, new_entry, usable
 from airflow_provider_aitryon.links import TryOnResultLink
 from airflow_provider_aitryon.models import Outcome, TaskStatus
+from airflow_provider_aitryon.preflight import InputInspector
 from airflow_provider_aitryon.waiting import DashScopeWaitMixin
 
 if TYPE_CHECKING:
@@ -41,6 +42,13 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
     :param deferrable: wait in the triggerer rather than in the worker (with wait_for_completion).
     :param poll_interval: seconds between status queries while waiting.
     :param wait_timeout: seconds to wait before failing; a task still PENDING then is canceled.
+    :param validate_inputs: before submitting, fetch every input image (HEAD, then a GET capped at
+        5 MB + 1 byte) and check the service's input rules (5 KB to 5 MB; JPEG, PNG or BMP by
+        content; shortest side over 150 px, longest at most 4096 px; for the refiner, the coarse
+        image at the person image's size). A failure fails the task at once, naming the field, and
+        nothing is submitted. Default True; set False when the worker cannot reach the image URLs
+        (DashScope still checks them, as a FAILED task). A retry that reuses the task its earlier
+        try submitted does not fetch the images again.
     """
 
     ledger: ClassVar[Ledger] = VariableLedger()
@@ -55,6 +63,7 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         poll_interval: float = 5.0,
         wait_timeout: float = 60 * 60,
         cancel_on_timeout: bool = True,
+        validate_inputs: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -64,6 +73,7 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         self.poll_interval = poll_interval
         self.wait_timeout = wait_timeout
         self.cancel_on_timeout = cancel_on_timeout
+        self.validate_inputs = validate_inputs
 
     def build_call(self) -> api.ApiCall:
         raise NotImplementedError
@@ -108,6 +118,13 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
                 "The DashScope task %s of try %s ended %s; submitting a new one.",
                 previous["task_id"], previous.get("try_number"), result.raw_status,
             )  # fmt: skip
+        if self.validate_inputs:
+            # Only when about to pay: a reused task's images are not fetched again (signed URLs
+            # may have expired since, and the task does not need them any more). The connection
+            # is read first: a missing API key is a clearer error than four image downloads.
+            _ = hook.settings
+            with InputInspector(logger=self.log) as inspector:
+                inspector.check_call(call)
         submitted = hook.submit(call)
         self.ledger.record(
             key, new_entry(submitted.task_id, submitted.request_id, fingerprint, getattr(ti, "try_number", None))

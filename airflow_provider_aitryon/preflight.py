@@ -1,0 +1,407 @@
+"""Pre-flight validation: fetch a submit's input images and check the service's rules first.
+
+Why: DashScope reports a bad input image only after the task was queued and run (a FAILED task
+with ``InvalidURL``, ``InvalidInputLength`` or a size mismatch), tens of seconds later and far from
+the cause. Fetching each image once from the worker and applying the same rules the emulator
+applies (``image_rules``) turns that into an immediate one-sentence error naming the field, and
+nothing is submitted or paid for.
+
+How an image is fetched, and what is refused without a fetch:
+
+* only ``http``/``https`` URLs are fetched; ``file:``, ``ftp:`` or scheme-less values are refused
+  before any request (DashScope could not fetch them either);
+* ``HEAD`` first: a ``Content-Length`` above 5 MB is refused without downloading. Any other HEAD
+  outcome (405/501, no length, 403 from a URL signed for GET only, an error) just moves on to GET;
+* ``GET`` streamed, reading at most ``MAX_BYTES + 1`` bytes, so a huge or endless body costs at
+  most 5 MB; redirects are followed up to ``MAX_REDIRECTS``; connect and read timeouts apply;
+* 5xx, 408, 429 and broken or refused connections are retried a couple of times quickly; a 4xx,
+  a timeout or a redirect loop fails at once.
+
+Each URL is fetched at most once per ``InputInspector`` (one inspector per task execution), also
+when two fields name the same URL. Messages show a URL as ``scheme://host/path`` only: the query
+string of a signed URL is a credential and never appears in an error or a log line.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from PIL import Image
+
+from airflow_provider_aitryon import api
+from airflow_provider_aitryon.errors import DashScopeConfigError
+from airflow_provider_aitryon.image_rules import MAX_BYTES, ImageFacts, ImageRuleError, check_byte_size, check_image
+
+PERSON_FIELD = "person_image_url"
+COARSE_FIELD = "coarse_image_url"
+
+MAX_REDIRECTS = 5
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 20.0
+ATTEMPTS = 3  # for transient failures only: 5xx, 408, 429, refused or broken connections
+RETRY_DELAYS: tuple[float, ...] = (0.2, 0.5)
+TRANSIENT_STATUSES = frozenset({408, 429})
+
+_CHUNK = 64 * 1024
+_MAX_SHOWN_PATH = 120
+_PUBLIC = "DashScope must be able to fetch the image from a public http(s) URL without credentials"
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ATTEMPTS",
+    "MAX_REDIRECTS",
+    "FetchRecord",
+    "ImageFacts",
+    "InputInspector",
+    "shown_url",
+]
+
+
+def shown_url(url: str) -> str:
+    """``scheme://host[:port]/path`` of a URL: no user info, no query string, no fragment."""
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc:
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        text = f"{parts.scheme.lower()}://{host}{f':{port}' if port is not None else ''}{parts.path}"
+    else:
+        text = url.split("?", 1)[0].split("#", 1)[0]
+        if "@" in text:
+            text = text.rsplit("@", 1)[1]
+    if len(text) > _MAX_SHOWN_PATH:
+        text = text[: _MAX_SHOWN_PATH - 1] + "…"
+    return text
+
+
+@dataclass(frozen=True)
+class FetchRecord:
+    """One HTTP request the inspector made, for logs and tests (the URL as ``shown_url`` shows it)."""
+
+    method: str
+    url: str
+    status: int | None
+    bytes_read: int
+
+
+class _Refused(Exception):
+    """An image was refused; the sentence is built per field so a cached refusal names the asker."""
+
+    def __init__(self, problem: str, allowed: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.allowed = allowed
+
+    def sentence(self, field: str) -> str:
+        return f"{field}: {self.problem}; {self.allowed}."
+
+
+class _Transient(Exception):
+    """A fetch failure another attempt may fix; ``what`` completes "<url> ...": "answered HTTP 503 ..."."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+@dataclass(frozen=True)
+class _Inspected:
+    facts: ImageFacts
+    upright: tuple[int, int]  # width x height after the EXIF orientation, as the service sees it
+
+
+class InputInspector:
+    """Fetches and checks input images; one per task execution (it caches results per URL).
+
+    :param connect_timeout: seconds to wait for a connection to an image host.
+    :param read_timeout: seconds to wait for each read from an image host.
+    :param max_redirects: redirects followed per request before the URL is refused.
+    :param attempts: tries per image for transient failures (5xx, 408, 429, broken connections).
+    :param retry_delays: seconds to wait before the 2nd, 3rd, ... try (the last one repeats).
+    :param session: a ``requests.Session`` to use (its ``max_redirects`` is set); default a new one.
+    :param logger: where to log what was checked; default this module's logger.
+    :param sleep: how to wait between tries (tests pass a no-op).
+
+    ``fetches`` lists every HTTP request made, with the bytes of the body that were read.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        max_redirects: int = MAX_REDIRECTS,
+        attempts: int = ATTEMPTS,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
+        session: requests.Session | None = None,
+        logger: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_redirects = max_redirects
+        self.attempts = max(1, int(attempts))
+        self.retry_delays = tuple(retry_delays)
+        self.log = logger if logger is not None else log
+        self.fetches: list[FetchRecord] = []
+        self._sleep = sleep
+        self._own_session = session is None
+        self._session = session
+        self._cache: dict[str, _Inspected | _Refused] = {}
+
+    # ------------------------------------------------------------------ public API
+
+    def inspect(self, field: str, url: object) -> ImageFacts:
+        """Fetch ``url`` (once per inspector) and apply the input rules; raise DashScopeConfigError."""
+        return self._inspected(field, url).facts
+
+    def check_call(self, call: api.ApiCall) -> dict[str, ImageFacts]:
+        """Check every ``*_url`` of a submit's input, and the refiner's coarse-vs-person size rule."""
+        inputs = (call.body or {}).get("input") or {}
+        if not isinstance(inputs, Mapping):
+            return {}
+        inspected = {
+            name: self._inspected(name, value)
+            for name, value in inputs.items()
+            if isinstance(name, str) and name.endswith("_url") and value is not None
+        }
+        person, coarse = inspected.get(PERSON_FIELD), inspected.get(COARSE_FIELD)
+        if person is not None and coarse is not None:
+            _check_same_size(person, coarse)
+        return {name: item.facts for name, item in inspected.items()}
+
+    def close(self) -> None:
+        if self._own_session and self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> InputInspector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ checking
+
+    def _inspected(self, field: str, url: object) -> _Inspected:
+        if not isinstance(url, str):
+            raise DashScopeConfigError(
+                f"{field}: the value is a {type(url).__name__}, not a URL; pass the public http(s) URL of the image."
+            )
+        key = url.strip()
+        outcome = self._cache.get(key)
+        if outcome is None:
+            try:
+                outcome = self._inspect_uncached(field, key)
+            except _Refused as refusal:
+                outcome = refusal
+            self._cache[key] = outcome
+        if isinstance(outcome, _Refused):
+            raise DashScopeConfigError(outcome.sentence(field))
+        return outcome
+
+    def _inspect_uncached(self, field: str, url: str) -> _Inspected:
+        shown = shown_url(url)
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise _Refused(f"the URL {shown!r} is not an http:// or https:// URL, so it was not fetched", _PUBLIC)
+        try:
+            data = self._download(url, shown, field)
+            facts = check_image(data, field=field)
+        except ImageRuleError as exc:
+            raise _Refused(exc.problem, exc.allowed) from None
+        upright = _upright_size(data, facts)
+        self.log.info(
+            "Pre-flight %s: %s is %s, %dx%d px, %d bytes: within the DashScope input rules.",
+            field, shown, facts.format, facts.width, facts.height, facts.size_bytes,
+        )  # fmt: skip
+        return _Inspected(facts, upright)
+
+    # ------------------------------------------------------------------ fetching
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            self._session = requests.Session()
+        self._session.max_redirects = self.max_redirects
+        return self._session
+
+    def _download(self, url: str, shown: str, field: str) -> bytes:
+        declared = self._head_length(url, shown)
+        if declared is not None and declared > MAX_BYTES:
+            check_byte_size(declared, field=field)  # raises ImageRuleError: refused without a GET
+        failure: _Transient | None = None
+        for attempt in range(1, self.attempts + 1):
+            if attempt > 1:
+                delay = self.retry_delays[min(attempt - 2, len(self.retry_delays) - 1)] if self.retry_delays else 0.0
+                self.log.warning(
+                    "Pre-flight %s: %s %s; trying again in %.1fs (attempt %d of %d).",
+                    field, shown, failure.what if failure else "failed", delay, attempt, self.attempts,
+                )  # fmt: skip
+                self._sleep(delay)
+            try:
+                return self._get(url, shown, field)
+            except _Transient as exc:
+                failure = exc
+        assert failure is not None
+        tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
+        raise _Refused(f"{shown} {failure.what}{tries}", _PUBLIC)
+
+    def _timeouts(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+    def _head_length(self, url: str, shown: str) -> int | None:
+        """Content-Length announced by a successful HEAD, else None (then GET decides alone)."""
+        try:
+            with self._http().head(
+                url, allow_redirects=True, timeout=self._timeouts(), headers={"Accept-Encoding": "identity"}
+            ) as resp:
+                self.fetches.append(FetchRecord("HEAD", shown, resp.status_code, 0))
+                if not 200 <= resp.status_code < 300:
+                    return None
+                return _content_length(resp.headers)
+        except requests.RequestException as exc:
+            self.fetches.append(FetchRecord("HEAD", shown, None, 0))
+            self.log.debug("Pre-flight HEAD of %s failed (%s); trying GET.", shown, type(exc).__name__)
+            return None
+
+    def _get(self, url: str, shown: str, field: str) -> bytes:
+        try:
+            resp = self._http().get(
+                url,
+                stream=True,
+                allow_redirects=True,
+                timeout=self._timeouts(),
+                headers={"Accept-Encoding": "identity"},  # the byte cap then counts the file's own bytes
+            )
+        except requests.RequestException as exc:
+            self.fetches.append(FetchRecord("GET", shown, None, 0))
+            raise self._request_failure(exc, shown) from None
+        data = bytearray()
+        try:
+            status = resp.status_code
+            if status >= 500 or status in TRANSIENT_STATUSES:
+                raise _Transient(f"answered HTTP {_status_text(resp)}")
+            if status >= 400:
+                raise _Refused(f"{shown} answered HTTP {_status_text(resp)}", _PUBLIC)
+            if not 200 <= status < 300:
+                raise _Refused(f"{shown} answered HTTP {_status_text(resp)} instead of the image", _PUBLIC)
+            declared = _content_length(resp.headers)
+            if declared is not None and declared > MAX_BYTES:
+                check_byte_size(declared, field=field)  # raises before reading the body
+            limit = MAX_BYTES + 1
+            while len(data) < limit:
+                chunk = resp.raw.read(min(_CHUNK, limit - len(data)), decode_content=True)
+                if not chunk:
+                    break
+                data += chunk
+        except urllib3.exceptions.ReadTimeoutError:
+            raise _Refused(f"{shown} stopped sending for more than {self.read_timeout:g} s", _PUBLIC) from None
+        except (urllib3.exceptions.HTTPError, OSError):
+            raise _Transient("broke the connection while sending the image") from None
+        finally:
+            self.fetches.append(FetchRecord("GET", shown, resp.status_code, len(data)))
+            resp.close()  # never drains the rest of an oversized body
+        if len(data) > MAX_BYTES:
+            check_byte_size(len(data), field=field, lower_bound=True)
+        return bytes(data)
+
+    def _request_failure(self, exc: requests.RequestException, shown: str) -> Exception:
+        """Map a requests error to a refusal or a transient failure; exception texts hold full URLs."""
+        if isinstance(exc, requests.TooManyRedirects):
+            return _Refused(f"{shown} redirected more than {self.max_redirects} times", _PUBLIC)
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return _Refused(f"{shown} could not be reached within {self.connect_timeout:g} s", _PUBLIC)
+        if isinstance(exc, requests.Timeout):
+            return _Refused(f"{shown} did not answer within {self.read_timeout:g} s", _PUBLIC)
+        if isinstance(exc, requests.exceptions.SSLError):
+            return _Refused(f"{shown} failed the TLS handshake or certificate check", _PUBLIC)
+        if isinstance(exc, (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)):
+            return _Refused(f"{shown} redirected to a URL that is not http(s)", _PUBLIC)
+        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader)):
+            return _Refused(f"{shown} is, or redirected to, a URL that cannot be fetched", _PUBLIC)
+        if isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+            return _Transient(f"could not be fetched ({_connection_reason(exc)})")
+        return _Transient(f"could not be fetched ({type(exc).__name__})")
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_same_size(person: _Inspected, coarse: _Inspected) -> None:
+    """The refiner needs the coarse image at the person image's pixel size (as the service sees it)."""
+    person_sizes = {(person.facts.width, person.facts.height), person.upright}
+    if (coarse.facts.width, coarse.facts.height) in person_sizes or coarse.upright in person_sizes:
+        return
+    cw, ch = coarse.upright
+    pw, ph = person.upright
+    raise DashScopeConfigError(
+        f"{COARSE_FIELD}: the image is {cw}x{ch} px but {PERSON_FIELD} is {pw}x{ph} px; the coarse image must "
+        "have the person image's size — make it with resolution=-1 and restore_face=true."
+    )
+
+
+def _upright_size(data: bytes, facts: ImageFacts) -> tuple[int, int]:
+    """Width x height after the EXIF orientation (camera JPEGs); only the header is read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                orientation = img.getexif().get(_EXIF_ORIENTATION)
+    except Exception:  # the rules already passed; a broken EXIF block just means "as stored"
+        orientation = None
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        return (facts.height, facts.width)
+    return (facts.width, facts.height)
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("Content-Length")
+    if value is None:
+        return None
+    try:
+        length = int(value.strip())
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _status_text(resp: requests.Response) -> str:
+    reason = "".join(ch for ch in str(resp.reason or "") if ch.isprintable()).strip()[:60]
+    return f"{resp.status_code} {reason}" if reason else str(resp.status_code)
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """A short cause found in the exception chain; never the exception text (it holds the URL)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, socket.gaierror):
+            return "host name not found"
+        if isinstance(current, ConnectionResetError):
+            return "connection reset or closed early"
+        links = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        stack.extend(link for link in links if isinstance(link, BaseException))
+    return "the connection failed"
