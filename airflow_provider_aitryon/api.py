@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,7 +48,7 @@ class ApiCall:
     path: str
     body: dict[str, Any] | None = None
     asynchronous: bool = False  # submits must carry X-DashScope-Async: enable
-    extra: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # query string
 
     def headers(self, api_key: str, workspace: str | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
@@ -222,6 +223,43 @@ def _boolean(field_name: str, value: object) -> bool:
     raise DashScopeConfigError(f"{field_name} must be true or false, got {value!r}; set {field_name} to a boolean.")
 
 
+# The task list's time filter: seconds, in the service's zone (China Standard Time, UTC+8).
+_SERVICE_TZ = timezone(timedelta(hours=8))
+# How far around a lost submit to look for the task it may have created: the filter has whole
+# seconds and the two clocks are not the same clock.
+RECONCILE_MARGIN_SECONDS = 2.0
+
+
+def list_call(*, model: str, start: float, end: float, page_size: int = 100) -> ApiCall:
+    """Tasks of `model` submitted between two epoch times (GET /api/v1/tasks, newest first)."""
+
+    def compact(epoch: float) -> str:
+        return datetime.fromtimestamp(epoch, _SERVICE_TZ).strftime("%Y%m%d%H%M%S")
+
+    params = {"model_name": model, "start_time": compact(start), "end_time": compact(end), "page_no": 1,
+              "page_size": page_size}  # fmt: skip
+    return ApiCall("list", "GET", TASKS_PATH, params=params)
+
+
+def reconcile_call(submit: ApiCall, sent_at: float, now: float) -> ApiCall:
+    """The task-list query that finds a task a submit may have created before its reply was lost."""
+    model = str((submit.body or {}).get("model") or "")
+    return list_call(model=model, start=sent_at - RECONCILE_MARGIN_SECONDS, end=now + RECONCILE_MARGIN_SECONDS)
+
+
+def unclaimed_tasks(payload: Mapping[str, Any], claimed: Container[str]) -> list[str]:
+    """Task ids in a task-list answer that nobody here submitted: candidates for a lost submit."""
+    rows = payload.get("data")
+    if rows is None and isinstance(payload.get("output"), Mapping):
+        rows = payload["output"].get("data")
+    ids = []
+    for row in rows if isinstance(rows, list) else []:
+        task_id = row.get("task_id") if isinstance(row, Mapping) else None
+        if isinstance(task_id, str) and task_id and task_id not in claimed:
+            ids.append(task_id)
+    return ids
+
+
 def query_call(task_id: str) -> ApiCall:
     return ApiCall("query", "GET", task_path(require_task_id(task_id)))
 
@@ -300,13 +338,14 @@ def decode(call: ApiCall, http_status: int, headers: Mapping[str, str], body: by
                 "recovered_from_truncated_body": True,
             }
     if call.operation == "submit" and 200 <= http_status < 300:
-        # Accepted, but the task id was lost with the body: a resubmission would be charged again.
+        # Accepted, but the task id was lost with the body: the hook looks the task up in the task
+        # list before it would ever submit again (see DashScopeHook.submit).
         raise DashScopeAPIError(
             operation=call.operation,
             http_status=http_status,
-            message=f"DashScope accepted the task but {problem}, so its task id is unknown; it was not "
-            "resubmitted to avoid paying twice (find it in the DashScope console, or re-run to submit anew)",
-            retryable=False,
+            message=f"DashScope accepted the task but {problem}, so its task id is unknown",
+            retryable=True,
+            ambiguous=True,
         )
     raise DashScopeAPIError(
         operation=call.operation,

@@ -11,6 +11,7 @@ Time comes from an injectable clock so the pacing is tested without waiting.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable
@@ -91,6 +92,22 @@ class AccountBudget:
     max_running: int = 5
     outstanding: int = 0  # submitted, not yet ended: they occupy or wait for the running slots
     submitted_total: int = 0
+    # Every task id submitted through this account here: a submit whose reply was lost is matched
+    # against the task list by what is *not* in this set.
+    claimed: set[str] = field(default_factory=set)
+    _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
+    _lock_loop: object = field(default=None, init=False, repr=False)
+
+    def submit_lock(self) -> asyncio.Lock:
+        """One submit in flight per account at a time, so a lost reply maps to exactly one task.
+
+        Sending one after another still outpaces the account (10 submits/s against replies in
+        milliseconds), while it keeps the task list unambiguous when a reply goes missing.
+        """
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
 
     @classmethod
     def create(

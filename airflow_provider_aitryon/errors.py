@@ -87,6 +87,7 @@ class DashScopeAPIError(DashScopeError):
         request_id: str | None = None,
         retryable: bool | None = None,
         retry_after: float | None = None,
+        ambiguous: bool = False,
     ) -> None:
         self.operation = operation
         self.http_status = http_status
@@ -94,6 +95,9 @@ class DashScopeAPIError(DashScopeError):
         self.api_message = message
         self.request_id = request_id
         self.retry_after = retry_after
+        # The request may have reached the service and been acted on (no reply, or a garbled one):
+        # for a submit that means a task may exist that we do not know of.
+        self.ambiguous = ambiguous
         self.retryable = classify_retryable(http_status, code) if retryable is None else retryable
         super().__init__(self._sentence())
 
@@ -126,6 +130,7 @@ class DashScopeAPIError(DashScopeError):
             "message": self.api_message,
             "request_id": self.request_id,
             "retryable": self.retryable,
+            "ambiguous": self.ambiguous,
         }
 
 

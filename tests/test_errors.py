@@ -82,6 +82,7 @@ def test_every_spec_error_code(call, http_status, code, retryable):
         "message": message,
         "request_id": f"req-{code}",
         "retryable": retryable,
+        "ambiguous": False,
     }
 
 
@@ -242,11 +243,13 @@ def test_truncated_error_submit_is_not_recovered():
     assert info.value.retryable is False
 
 
-def test_truncated_submit_without_task_id_is_not_retried():
+def test_truncated_submit_without_task_id_is_ambiguous():
+    """Accepted (2xx) but the id is lost: the hook must look the task up before any resubmit."""
     with pytest.raises(DashScopeAPIError) as info:
         api.decode(SUBMIT, 200, {}, b'{"output": {"task_')
     assert info.value.http_status == 200
-    assert info.value.retryable is False
+    assert info.value.ambiguous is True
+    assert info.value.retryable is True
 
 
 # --------------------------------------------------------------------------------------------

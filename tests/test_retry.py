@@ -17,6 +17,7 @@ import pytest
 from scripted_server import Reply, ScriptedServer
 from tenacity import Retrying
 
+from airflow_provider_aitryon import api
 from airflow_provider_aitryon.connection import ConnectionSettings
 from airflow_provider_aitryon.errors import DashScopeAPIError
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
@@ -425,21 +426,62 @@ def test_truncated_submit_recovers_the_task_id_without_resubmitting(monkeypatch,
     assert len(server.requests) == 1
 
 
-def test_truncated_submit_without_task_id_is_not_resubmitted(monkeypatch, server):
-    hook = make_hook(monkeypatch, server)
-    server.add(
-        Reply(200, b'{"output": {"task_'),
-        Reply(200, {"output": {"task_id": "duplicate", "task_status": "PENDING"}}),
+def submit_in(hook: DashScopeHook, mode: str) -> Any:
+    call = api.refiner_call(
+        person_image_url="https://img.example/p.png",
+        top_garment_url="https://img.example/t.jpg",
+        coarse_image_url="https://img.example/c.png",
+        gender="woman",
     )
-    with pytest.raises(DashScopeAPIError) as info:
-        hook.submit_refiner(
-            person_image_url="https://img.example/p.png",
-            top_garment_url="https://img.example/t.jpg",
-            coarse_image_url="https://img.example/c.png",
-            gender="woman",
-        )
-    assert info.value.http_status == 200
-    assert len(server.requests) == 1
+    if mode == "sync":
+        return hook.submit(call)
+
+    async def go() -> Any:
+        try:
+            return await hook.asubmit(call)
+        finally:
+            await hook.aclose()
+
+    return asyncio.run(go())
+
+
+def task_list(*task_ids: str) -> Reply:
+    return Reply(200, {"request_id": "req-list", "data": [{"task_id": t, "status": "PENDING"} for t in task_ids]})
+
+
+LOST_REPLIES = [
+    pytest.param(Reply(200, b'{"output": {"task_'), id="truncated-200"),
+    pytest.param(Reply(drop=True), id="dropped"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("lost", LOST_REPLIES)
+def test_a_lost_submit_reply_is_found_in_the_task_list_not_submitted_again(monkeypatch, server, mode, lost):
+    hook = make_hook(monkeypatch, server)
+    server.add(lost, task_list("created-before-the-reply-was-lost"))
+    assert submit_in(hook, mode).task_id == "created-before-the-reply-was-lost"
+    assert [r.method for r in server.requests] == ["POST", "GET"]  # one submit, one look
+    query = server.requests[1].path
+    assert query.startswith("/api/v1/tasks?") and "model_name=aitryon-refiner" in query
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_submit_that_never_arrived_is_sent_again(monkeypatch, server, mode):
+    hook = make_hook(monkeypatch, server)
+    server.add(Reply(drop=True), task_list(), task_list(), Reply(200, {"output": {"task_id": "t-2"}}))
+    assert submit_in(hook, mode).task_id == "t-2"
+    assert [r.method for r in server.requests] == ["POST", "GET", "GET", "POST"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_several_unknown_tasks_are_not_guessed(monkeypatch, server, mode):
+    hook = make_hook(monkeypatch, server)
+    server.add(Reply(drop=True), task_list("someone-elses", "maybe-ours"))
+    with pytest.raises(DashScopeAPIError, match="2 unknown tasks") as info:
+        submit_in(hook, mode)
+    assert info.value.retryable is False
+    assert [r.method for r in server.requests] == ["POST", "GET"]
 
 
 def test_delay_is_finite_for_many_attempts():

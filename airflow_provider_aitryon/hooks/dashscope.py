@@ -7,12 +7,14 @@ Both paths build requests and parse responses with `airflow_provider_aitryon.api
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Container
 from typing import Any
 
 import httpx
 import requests
 from airflow.sdk import BaseHook
-from tenacity import AsyncRetrying, Retrying
+from tenacity import AsyncRetrying, Retrying, stop_after_attempt
 
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.connection import (
@@ -22,8 +24,16 @@ from airflow_provider_aitryon.connection import (
     ConnectionSettings,
 )
 from airflow_provider_aitryon.errors import DashScopeAPIError
-from airflow_provider_aitryon.models import SubmittedTask, TaskResult
+from airflow_provider_aitryon.models import SubmittedTask, TaskResult, TaskStatus
 from airflow_provider_aitryon.retry import retry_policy
+
+# A lost submit is looked for twice, a grace period apart, before it is taken as never arrived.
+_LOOKS = 2
+
+
+def _grace(settings: ConnectionSettings) -> float:
+    return max(1.0, min(settings.read_timeout, 10.0))
+
 
 # A task id that cannot exist: querying it proves the URL and the key without touching real tasks.
 _CONNECTION_PROBE_TASK_ID = "airflow-connection-test"
@@ -100,6 +110,7 @@ class DashScopeHook(BaseHook):
             response = self.get_conn().request(
                 call.method,
                 settings.base_url + call.path,
+                params=call.params or None,
                 json=call.body,
                 headers=call.headers(settings.api_key, settings.workspace),
                 timeout=(settings.connect_timeout, settings.read_timeout),
@@ -129,6 +140,7 @@ class DashScopeHook(BaseHook):
             response = await self._aclient.request(
                 call.method,
                 settings.base_url + call.path,
+                params=call.params or None,
                 json=call.body,
                 headers=call.headers(settings.api_key, settings.workspace),
             )
@@ -143,16 +155,103 @@ class DashScopeHook(BaseHook):
 
     # ---------------------------------------------------------------- API
 
-    def submit(self, call: api.ApiCall) -> SubmittedTask:
-        """Submit a task built by `api.*_call`; returns its task id and request id."""
-        submitted = api.parse_submitted(self.run(call))
+    def submit(self, call: api.ApiCall, *, claimed: Container[str] = frozenset()) -> SubmittedTask:
+        """Submit a task built by `api.*_call`; returns its task id and request id.
+
+        A submit whose reply is lost (connection dropped or timed out after sending, or a garbled
+        2xx) may still have created a task. Before it would ever submit again, the hook looks in
+        the task list for a task of that model created meanwhile that nobody here submitted
+        (`claimed`): one such task is adopted, several are refused rather than guessed, none means
+        the submit never arrived and it is retried.
+        """
+        settings = self.settings
+        submitted: SubmittedTask | None = None
+        for attempt in Retrying(**retry_policy(settings, self.log)):
+            with attempt:
+                sent_at = time.time()
+                try:
+                    submitted = api.parse_submitted(self._send(settings, call))
+                except DashScopeAPIError as exc:
+                    if not exc.ambiguous:
+                        raise
+                    submitted = self._find_lost_task(settings, call, sent_at, claimed)
+                    if submitted is None:
+                        raise
+        assert submitted is not None
+        self._log_submitted(call, submitted)
+        return submitted
+
+    async def asubmit(
+        self, call: api.ApiCall, *, claimed: Container[str] = frozenset(), retry: bool = True
+    ) -> SubmittedTask:
+        """Async twin of submit(); with retry=False one attempt (a lost reply is still looked up)."""
+        settings = await self.asettings()
+        policy = retry_policy(settings, self.log)
+        if not retry:
+            policy["stop"] = stop_after_attempt(1)
+        submitted: SubmittedTask | None = None
+        async for attempt in AsyncRetrying(**policy):
+            with attempt:
+                sent_at = time.time()
+                try:
+                    submitted = api.parse_submitted(await self._asend(settings, call))
+                except DashScopeAPIError as exc:
+                    if not exc.ambiguous:
+                        raise
+                    submitted = await self._afind_lost_task(settings, call, sent_at, claimed)
+                    if submitted is None:
+                        raise
+        assert submitted is not None
+        self._log_submitted(call, submitted)
+        return submitted
+
+    def _find_lost_task(
+        self, settings: ConnectionSettings, call: api.ApiCall, sent_at: float, claimed: Container[str]
+    ) -> SubmittedTask | None:
+        for _ in range(_LOOKS):
+            # A slow service may still be creating the task: give it time before each look.
+            time.sleep(_grace(settings))
+            payload = self.run(api.reconcile_call(call, sent_at, time.time()))
+            found = self._adopt(call, api.unclaimed_tasks(payload, claimed))
+            if found is not None:
+                return found
+        return None
+
+    async def _afind_lost_task(
+        self, settings: ConnectionSettings, call: api.ApiCall, sent_at: float, claimed: Container[str]
+    ) -> SubmittedTask | None:
+        for _ in range(_LOOKS):
+            await asyncio.sleep(_grace(settings))
+            payload = await self.arun(api.reconcile_call(call, sent_at, time.time()))
+            found = self._adopt(call, api.unclaimed_tasks(payload, claimed))
+            if found is not None:
+                return found
+        return None
+
+    def _adopt(self, call: api.ApiCall, candidates: list[str]) -> SubmittedTask | None:
+        if not candidates:
+            return None
+        if len(candidates) > 1:
+            raise DashScopeAPIError(
+                operation=call.operation,
+                message=f"the reply to a submit was lost and {len(candidates)} unknown tasks of this model "
+                "were created meanwhile (another submitter uses this account), so which one is ours cannot be "
+                "told; not submitting again to avoid paying twice (check the DashScope console, then re-run)",
+                retryable=False,
+            )
+        self.log.warning(
+            "The reply to a submit was lost, but DashScope had created task %s; using it instead of "
+            "submitting again.", candidates[0],
+        )  # fmt: skip
+        return SubmittedTask(task_id=candidates[0], status=TaskStatus.PENDING)
+
+    def _log_submitted(self, call: api.ApiCall, submitted: SubmittedTask) -> None:
         self.log.info(
             "Submitted DashScope %s task %s (request_id %s).",
             (call.body or {}).get("model"),
             submitted.task_id,
             submitted.request_id,
         )
-        return submitted
 
     def submit_refiner(
         self,
@@ -218,25 +317,27 @@ class DashScopeHook(BaseHook):
             from wtforms import StringField
         except ImportError:  # Airflow 3 UIs read conn-fields from get_provider_info instead
             return {}
-        widgets: dict[str, Any] = {
-            "workspace": StringField(lazy_gettext("Workspace"), widget=BS3TextFieldWidget())
-        }
+        widgets: dict[str, Any] = {"workspace": StringField(lazy_gettext("Workspace"), widget=BS3TextFieldWidget())}
         for name in EXTRA_FIELDS:
-            widgets[name] = StringField(
-                lazy_gettext(name.replace("_", " ").capitalize()), widget=BS3TextFieldWidget()
-            )
+            widgets[name] = StringField(lazy_gettext(name.replace("_", " ").capitalize()), widget=BS3TextFieldWidget())
         return widgets
+
+
+def _never_sent(exc: Exception) -> bool:
+    """Failed while connecting: the request cannot have reached the service."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout | httpx.ConnectError | httpx.ConnectTimeout):
+        return True
+    return isinstance(exc, requests.exceptions.ConnectionError) and "NewConnectionError" in repr(exc.args)
 
 
 def _transport_error(call: api.ApiCall, settings: ConnectionSettings, exc: Exception) -> DashScopeAPIError:
     """No HTTP answer: say where we tried and why, without the library's traceback (or any header)."""
     timeouts = (requests.Timeout, httpx.TimeoutException)
     reason = "timed out" if isinstance(exc, timeouts) else "could not connect or the connection dropped"
-    broken_setup = isinstance(
-        exc, requests.exceptions.InvalidURL | httpx.InvalidURL | httpx.UnsupportedProtocol
-    )
+    broken_setup = isinstance(exc, requests.exceptions.InvalidURL | httpx.InvalidURL | httpx.UnsupportedProtocol)
     return DashScopeAPIError(
         operation=call.operation,
         message=f"{call.describe()} to {settings.base_url} {reason} ({type(exc).__name__})",
         retryable=not broken_setup,
+        ambiguous=not broken_setup and not _never_sent(exc),
     )

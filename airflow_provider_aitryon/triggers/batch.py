@@ -196,6 +196,9 @@ class BatchRun:
         replay = self.journal.state()
         for item in items:
             self.items.append(self._restore(item, replay.get(item.sku, {})))
+        self.budget.claimed.update(
+            record["task_id"] for record in self.journal.records if record["event"] == "submitted"
+        )
 
     def _restore(self, item: CatalogItem, stages: dict[str, dict[str, Any]]) -> ItemState:
         """Pick up an item where the journal left it: never submit what was already submitted."""
@@ -324,10 +327,12 @@ class BatchRun:
         item = state.item
         try:
             call = item.call(state.stage, coarse_image_url=state.coarse_url, coarse_model=self.t.coarse_model)
-            try:
-                submitted = api.parse_submitted(await self.hook.arun_once(call))
-            finally:
-                self.budget.submit.done(slot)
+            async with self.budget.submit_lock():
+                try:
+                    submitted = await self.hook.asubmit(call, claimed=self.budget.claimed, retry=False)
+                finally:
+                    self.budget.submit.done(slot)
+                self.budget.claimed.add(submitted.task_id)
         except DashScopeConfigError as exc:
             self.budget.outstanding -= 1
             self._fail(state, "InvalidParameter", str(exc), retryable=False)
