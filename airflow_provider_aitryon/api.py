@@ -69,6 +69,34 @@ class ApiCall:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_MAX_SHOWN = 120
+
+
+def shown_url(url: str) -> str:
+    """``scheme://host[:port]/path`` of a URL: no user info, no query string, no fragment.
+
+    Every message that shows a URL shows it this way: the signature of a signed OSS URL works as a
+    password until it expires.
+    """
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc:
+        host = parts.hostname or ""
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        text = f"{parts.scheme.lower()}://{host}{f':{port}' if port is not None else ''}{parts.path}"
+    else:
+        text = url.split("?", 1)[0].split("#", 1)[0]
+        if "@" in text:
+            text = text.rsplit("@", 1)[1]
+    if len(text) > _MAX_SHOWN:
+        text = text[: _MAX_SHOWN - 1] + "…"
+    return text
+
+
 # --------------------------------------------------------------------------------------------
 # Argument checks: run before any HTTP call so a typo never costs a request or a running slot.
 # --------------------------------------------------------------------------------------------
@@ -88,7 +116,7 @@ def require_url(field_name: str, value: object, *, required: bool = True) -> str
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise DashScopeConfigError(
-            f"{field_name} must be an http:// or https:// URL, got {_short(url)!r}; "
+            f"{field_name} must be an http:// or https:// URL, got {shown_url(url)!r}; "
             "DashScope can only fetch images from public http(s) URLs."
         )
     return url
@@ -103,7 +131,7 @@ def require_choice(field_name: str, value: object, choices: tuple[str, ...]) -> 
     return value.strip().lower()
 
 
-def require_task_id(value: object, field_name: str = "task_id") -> str:
+def require_task_id(value: object, field_name: str = "dashscope_task_id") -> str:
     if not isinstance(value, str) or not value.strip():
         raise DashScopeConfigError(
             f"{field_name} is empty; pass the DashScope task id that the submit task returned "
@@ -343,7 +371,7 @@ def decode(call: ApiCall, http_status: int, headers: Mapping[str, str], body: by
         raise DashScopeAPIError(
             operation=call.operation,
             http_status=http_status,
-            message=f"DashScope accepted the task but {problem}, so its task id is unknown",
+            message=f"the reply to the submit was garbled ({problem}), so whether a task was created is unknown",
             retryable=True,
             ambiguous=True,
         )

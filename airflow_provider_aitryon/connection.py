@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ EXTRA_FIELDS: dict[str, tuple[type, Any, float]] = {
     "max_retry_seconds": (float, 120.0, 0.0),
     "backoff_base": (float, 1.0, 0.0),
     "backoff_max": (float, 30.0, 0.0),
+    # Seconds to wait before looking in the task list for a submit whose reply was lost.
+    "lost_submit_grace": (float, 3.0, 0.0),
 }
 EXTRA_TEXT_FIELDS = ("workspace", "scheme")
 
@@ -42,6 +45,7 @@ class ConnectionSettings:
     max_retry_seconds: float = 120.0
     backoff_base: float = 1.0
     backoff_max: float = 30.0
+    lost_submit_grace: float = 3.0
 
     @classmethod
     def from_connection(cls, conn: Any) -> ConnectionSettings:
@@ -97,13 +101,22 @@ def base_url_of(conn: Any, extra: dict[str, Any], conn_id: str) -> str:
 
 
 def _extra(conn: Any, conn_id: str) -> dict[str, Any]:
+    not_json = DashScopeConfigError(
+        f"Connection {conn_id!r} Extra is not valid JSON; set it to a JSON object such as "
+        '{"workspace": "ws-123", "read_timeout": 30}.'
+    )
+    raw = getattr(conn, "extra", None)
+    if isinstance(raw, str) and raw.strip():
+        # Airflow's extra_dejson logs bad JSON and returns {}: the task would run on defaults the
+        # user did not choose, so check the text itself.
+        try:
+            json.loads(raw)
+        except ValueError:
+            raise not_json from None
     try:
         extra = conn.extra_dejson
-    except Exception as exc:  # the SDK raises different types for bad JSON across versions
-        raise DashScopeConfigError(
-            f"Connection {conn_id!r} Extra is not valid JSON ({type(exc).__name__}); set it to a JSON "
-            'object such as {"workspace": "ws-123"}.'
-        ) from None
+    except Exception:  # the SDK raises different types for bad JSON across versions
+        raise not_json from None
     if not isinstance(extra, dict):
         raise DashScopeConfigError(
             f"Connection {conn_id!r} Extra must be a JSON object, got {type(extra).__name__}; set it "

@@ -39,6 +39,7 @@ import urllib3
 from PIL import Image
 
 from airflow_provider_aitryon import api
+from airflow_provider_aitryon.api import shown_url
 from airflow_provider_aitryon.errors import DashScopeConfigError
 from airflow_provider_aitryon.image_rules import MAX_BYTES, ImageFacts, ImageRuleError, check_byte_size, check_image
 
@@ -53,7 +54,6 @@ RETRY_DELAYS: tuple[float, ...] = (0.2, 0.5)
 TRANSIENT_STATUSES = frozenset({408, 429})
 
 _CHUNK = 64 * 1024
-_MAX_SHOWN_PATH = 120
 _PUBLIC = "DashScope must be able to fetch the image from a public http(s) URL without credentials"
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
@@ -68,27 +68,6 @@ __all__ = [
     "InputInspector",
     "shown_url",
 ]
-
-
-def shown_url(url: str) -> str:
-    """``scheme://host[:port]/path`` of a URL: no user info, no query string, no fragment."""
-    parts = urlsplit(url)
-    if parts.scheme and parts.netloc:
-        host = parts.hostname or ""
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]"
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        text = f"{parts.scheme.lower()}://{host}{f':{port}' if port is not None else ''}{parts.path}"
-    else:
-        text = url.split("?", 1)[0].split("#", 1)[0]
-        if "@" in text:
-            text = text.rsplit("@", 1)[1]
-    if len(text) > _MAX_SHOWN_PATH:
-        text = text[: _MAX_SHOWN_PATH - 1] + "…"
-    return text
 
 
 @dataclass(frozen=True)

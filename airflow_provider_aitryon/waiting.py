@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from airflow_provider_aitryon.errors import DashScopeAPIError
-from airflow_provider_aitryon.failures import AirflowFailException, AirflowSensorTimeout
+from airflow_provider_aitryon.errors import FIXES, DashScopeAPIError
+from airflow_provider_aitryon.failures import AirflowException, AirflowFailException, AirflowSensorTimeout
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.models import Outcome, TaskResult, TaskStatus
 from airflow_provider_aitryon.triggers.dashscope import EVENT_ERROR, EVENT_TIMEOUT, DashScopeTaskTrigger
@@ -23,12 +23,22 @@ _WHY = {
 }
 
 
+_FIX_BY_STATUS = {
+    TaskStatus.UNKNOWN: "submit the task again, or check that the task id and the connection's API key belong to "
+    "the same account",
+    TaskStatus.CANCELED: "submit the task again if it is still wanted",
+}
+
+
 def failure_sentence(result: TaskResult) -> str:
     text = f"DashScope task {result.task_id} {_WHY.get(result.status, f'ended as {result.raw_status}')}"
     if result.code or result.message:
         text += f": {result.code or 'no code'}: {(result.message or 'no message').rstrip('. ')}"
     if result.request_id:
         text += f" [request_id {result.request_id}]"
+    fix = FIXES.get(result.code or "") or _FIX_BY_STATUS.get(result.status)
+    if fix:
+        text += f"; {fix}"
     return text + "."
 
 
@@ -88,7 +98,12 @@ class DashScopeWaitMixin:
         raise AirflowSensorTimeout(event.get("message") or f"DashScope task {task_id} did not finish in time.")
 
     def _on_error(self, event: dict[str, Any], result: TaskResult | None) -> dict[str, Any]:
-        raise AirflowFailException(event.get("message") or "Polling the DashScope task failed.")
+        message = event.get("message") or "Polling the DashScope task failed."
+        if event.get("retryable"):
+            # Polling kept failing on a transient error: a retry of this Airflow task waits again
+            # (it never submits), so let Airflow's retries have it.
+            raise AirflowException(message)
+        raise AirflowFailException(message)
 
     def cancel_quietly(self, task_id: str) -> None:
         """Cancel a task nobody will wait for, so it is never charged; once it runs DashScope refuses."""

@@ -24,7 +24,13 @@ def set_connection(
     monkeypatch: pytest.MonkeyPatch, base_url: str, conn_id: str = "dashscope_default", **extra: Any
 ) -> None:
     """Point a `dashscope` connection at a loopback server, with backoffs short enough for tests."""
-    settings = {"backoff_base": 0.01, "backoff_max": 0.05, "max_attempts": 3, "read_timeout": 5}
+    settings = {
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        "max_attempts": 3,
+        "read_timeout": 5,
+        "lost_submit_grace": 0.05,
+    }
     settings.update(extra)
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{conn_id.upper()}",

@@ -234,7 +234,7 @@ def test_long_bad_url_is_shortened_in_the_message():
 def test_empty_task_id_is_refused(build, empty):
     with pytest.raises(DashScopeConfigError) as info:
         build(empty)
-    assert str(info.value).startswith("task_id is empty")
+    assert str(info.value).startswith("dashscope_task_id is empty")
 
 
 @pytest.mark.parametrize("build", [api.query_call, api.cancel_call])
@@ -243,7 +243,7 @@ def test_task_id_with_path_characters_is_refused(build, bad):
     with pytest.raises(DashScopeConfigError) as info:
         build(bad)
     message = str(info.value)
-    assert message.startswith("task_id ")
+    assert message.startswith("dashscope_task_id ")
     assert "is not a DashScope task id" in message
 
 

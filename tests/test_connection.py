@@ -230,7 +230,7 @@ def test_extra_that_cannot_be_read_is_a_config_error():
 
     with pytest.raises(DashScopeConfigError) as info:
         ConnectionSettings.from_connection(Broken())
-    assert "'ds_broken' Extra is not valid JSON (ValueError)" in str(info.value)
+    assert "'ds_broken' Extra is not valid JSON; set it to a JSON object" in str(info.value)
 
 
 def test_unknown_extra_fields_are_logged(caplog):
@@ -307,3 +307,10 @@ def test_hook_without_key_raises_config_error_naming_the_connection(monkeypatch)
     monkeypatch.setenv("AIRFLOW_CONN_DS_NOKEY", json.dumps({"conn_type": "dashscope", "host": "http://127.0.0.1:9"}))
     with pytest.raises(DashScopeConfigError, match="'ds_nokey' has no API key; set its password"):
         _ = DashScopeHook(dashscope_conn_id="ds_nokey").settings
+
+
+def test_extra_text_that_is_not_json_is_refused_although_airflow_would_ignore_it():
+    """Airflow's extra_dejson logs bad JSON and returns {}: the task would run on unchosen defaults."""
+    conn = Connection(conn_id="ds_typo", conn_type="dashscope", password=API_KEY, extra="{read_timeout: 30}")
+    with pytest.raises(DashScopeConfigError, match="'ds_typo' Extra is not valid JSON; set it to a JSON object"):
+        ConnectionSettings.from_connection(conn)

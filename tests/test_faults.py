@@ -33,7 +33,14 @@ FAULTS = {
     "slow_seconds": 1.5,  # beyond the connection's read timeout below
     "seed": 7,
 }
-CLIENT = {"read_timeout": 1.0, "connect_timeout": 1.0, "backoff_base": 0.05, "backoff_max": 0.5, "max_attempts": 8}
+CLIENT = {
+    "read_timeout": 1.0,
+    "connect_timeout": 1.0,
+    "backoff_base": 0.05,
+    "backoff_max": 0.5,
+    "max_attempts": 8,
+    "lost_submit_grace": 1.0,
+}
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def server(shared_server: ScriptedServer) -> ScriptedServer:
 
 
 def set_conn(monkeypatch: pytest.MonkeyPatch, host: str, conn_id: str = CONN_ID, **extra: Any) -> None:
-    values: dict[str, Any] = {"backoff_base": 0.001, "backoff_max": 0.01, "max_attempts": 4}
+    values: dict[str, Any] = {"backoff_base": 0.001, "backoff_max": 0.01, "max_attempts": 4, "lost_submit_grace": 0.05}
     values.update(extra)
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{conn_id.upper()}",

@@ -227,7 +227,7 @@ def server(shared_server: ScriptedServer) -> ScriptedServer:
 
 
 def make_hook(monkeypatch: pytest.MonkeyPatch, server: ScriptedServer, **extra: Any) -> DashScopeHook:
-    values: dict[str, Any] = {"backoff_base": 0.001, "backoff_max": 0.01, "max_attempts": 4}
+    values: dict[str, Any] = {"backoff_base": 0.001, "backoff_max": 0.01, "max_attempts": 4, "lost_submit_grace": 0.05}
     values.update(extra)
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{CONN_ID.upper()}",

@@ -23,7 +23,7 @@ from airflow_provider_aitryon.connection import (
     EXTRA_FIELDS,
     ConnectionSettings,
 )
-from airflow_provider_aitryon.errors import DashScopeAPIError
+from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
 from airflow_provider_aitryon.models import SubmittedTask, TaskResult, TaskStatus
 from airflow_provider_aitryon.retry import retry_policy
 
@@ -32,7 +32,7 @@ _LOOKS = 2
 
 
 def _grace(settings: ConnectionSettings) -> float:
-    return max(1.0, min(settings.read_timeout, 10.0))
+    return settings.lost_submit_grace
 
 
 # A task id that cannot exist: querying it proves the URL and the key without touching real tasks.
@@ -64,17 +64,24 @@ class DashScopeHook(BaseHook):
     @property
     def settings(self) -> ConnectionSettings:
         if self._settings is None:
-            self._settings = self._load(self.get_connection(self.dashscope_conn_id))
+            try:
+                conn = self.get_connection(self.dashscope_conn_id)
+            except Exception as exc:
+                raise _missing_connection(self.dashscope_conn_id, exc) from None
+            self._settings = self._load(conn)
         return self._settings
 
     async def asettings(self) -> ConnectionSettings:
         """Settings for the async path; the connection is fetched without blocking the event loop."""
         if self._settings is None:
             aget = getattr(BaseHook, "aget_connection", None)
-            if aget is not None:
-                conn = await aget(self.dashscope_conn_id)
-            else:  # Airflow releases without the async connection API
-                conn = await asyncio.to_thread(self.get_connection, self.dashscope_conn_id)
+            try:
+                if aget is not None:
+                    conn = await aget(self.dashscope_conn_id)
+                else:  # Airflow releases without the async connection API
+                    conn = await asyncio.to_thread(self.get_connection, self.dashscope_conn_id)
+            except Exception as exc:
+                raise _missing_connection(self.dashscope_conn_id, exc) from None
             self._settings = self._load(conn)
         return self._settings
 
@@ -325,6 +332,16 @@ class DashScopeHook(BaseHook):
         return widgets
 
 
+def _missing_connection(conn_id: str, exc: Exception) -> Exception:
+    """A connection Airflow cannot find is a setup problem: say which and how to fix it."""
+    if "isn't defined" in str(exc) or type(exc).__name__ in ("AirflowNotFoundException", "AirflowRuntimeError"):
+        return DashScopeConfigError(
+            f"Connection {conn_id!r} is not defined; create a connection of type dashscope with that id "
+            f"(or set AIRFLOW_CONN_{conn_id.upper()}), or pass dashscope_conn_id of one that exists."
+        )
+    return exc
+
+
 def _never_sent(exc: Exception) -> bool:
     """Failed while connecting: the request cannot have reached the service."""
     if isinstance(exc, requests.exceptions.ConnectTimeout | httpx.ConnectError | httpx.ConnectTimeout):
@@ -339,7 +356,8 @@ def _transport_error(call: api.ApiCall, settings: ConnectionSettings, exc: Excep
     broken_setup = isinstance(exc, requests.exceptions.InvalidURL | httpx.InvalidURL | httpx.UnsupportedProtocol)
     return DashScopeAPIError(
         operation=call.operation,
-        message=f"{call.describe()} to {settings.base_url} {reason} ({type(exc).__name__})",
+        message=f"{call.describe()} to {settings.base_url} {reason} ({type(exc).__name__}); check the host of "
+        f"connection {settings.conn_id!r} and that the service is reachable from here",
         retryable=not broken_setup,
         ambiguous=not broken_setup and not _never_sent(exc),
     )

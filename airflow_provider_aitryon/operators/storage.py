@@ -311,7 +311,7 @@ def _fetch_once(
     timeout: float | tuple[float, float],
     max_seconds: float | None,
 ) -> _Fetched:
-    shown = _display_url(url)
+    shown = api.shown_url(url)
     started = time.monotonic()
     try:
         response = client.get(url, stream=True, timeout=timeout, headers={"Accept": "image/*"})
@@ -476,12 +476,6 @@ def _content_length(response: requests.Response) -> int | None:
     return value if value >= 0 else None
 
 
-def _display_url(url: str) -> str:
-    """The URL without its query: the OSS signature in it works as a password until it expires."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
 def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
@@ -502,7 +496,7 @@ def _too_large(shown: str, max_bytes: int, detail: str) -> DashScopeAPIError:
 def _not_an_image(shown: str, exc: BaseException) -> DashScopeAPIError:
     return DashScopeAPIError(
         operation=DOWNLOAD,
-        message=f"the body of {shown} is not an image Pillow can read ({exc}); "
+        message=f"the body of {shown} is not an image Pillow can read ({type(exc).__name__}); "
         "check that image_url is the try-on result URL and not a web page",
         retryable=False,
     )

@@ -20,7 +20,12 @@ EVENT_ERROR = "error"
 
 
 def task_event(
-    status: str, task_id: str, result: TaskResult | None = None, message: str | None = None
+    status: str,
+    task_id: str,
+    result: TaskResult | None = None,
+    message: str | None = None,
+    *,
+    retryable: bool = False,
 ) -> dict[str, Any]:
     """The one event shape: small and JSON-safe, so it survives the metadata DB round trip."""
     return {
@@ -28,6 +33,7 @@ def task_event(
         "dashscope_task_id": task_id,
         "task": result.to_dict() if result else None,
         "message": message,
+        "retryable": retryable,
     }
 
 
@@ -100,7 +106,7 @@ class DashScopeTaskTrigger(BaseTrigger):
             except DashScopeAPIError as exc:
                 errors_in_a_row += 1
                 if not exc.retryable or errors_in_a_row > self.max_transient_errors:
-                    return task_event(EVENT_ERROR, task_id, last, str(exc))
+                    return task_event(EVENT_ERROR, task_id, last, str(exc), retryable=exc.retryable)
                 self.log.warning(
                     "Polling DashScope task %s failed (%d in a row), will poll again: %s",
                     task_id,
@@ -122,9 +128,7 @@ class DashScopeTaskTrigger(BaseTrigger):
                     last,
                     f"DashScope task {task_id} did not finish before the deadline (last status {status}).",
                 )
-            await asyncio.sleep(
-                self.poll_interval if remaining is None else min(self.poll_interval, remaining)
-            )
+            await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
 
     async def on_kill(self) -> None:
         """A user killed the Airflow task: stop paying for a task nobody will collect."""
