@@ -30,7 +30,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	$(PY) benchmarks/backfill.py
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,bench]"
+	$(PY) benchmarks/backfill.py $(BENCH_ARGS)
 
 emulator: $(STAMP)
 	$(PY) -m airflow_provider_aitryon.emulator --port 8089 --samples .demo/samples --make-samples .demo/samples

@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 Clock = Callable[[], float]
 
@@ -95,6 +96,25 @@ class AccountBudget:
     # Every task id submitted through this account here: a submit whose reply was lost is matched
     # against the task list by what is *not* in this set.
     claimed: set[str] = field(default_factory=set)
+    # The account's queue as the triggers of this process see it (outstanding tasks in submit
+    # order) and the task latency learned from every trigger's observations: together they
+    # predict when each task ends, whichever chunk it belongs to.
+    tracked: list[Any] = field(default_factory=list)
+    latency: float | None = None
+    ends_seen: int = 0
+    recent_ends: list[float] = field(default_factory=list)  # when the last tasks freed their slots
+
+    def task_ended(self, at: float) -> None:
+        self.recent_ends = sorted([*self.recent_ends, at])[-self.max_running :]
+
+    def learn_latency(self, observed: float) -> None:
+        """Average in a task's run time; a guess that is far off is replaced, not nudged."""
+        if self.latency is None or abs(observed - self.latency) > 0.5 * self.latency:
+            self.latency = observed
+        else:
+            self.latency = 0.8 * self.latency + 0.2 * observed
+        self.ends_seen += 1
+
     _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
     _lock_loop: object = field(default=None, init=False, repr=False)
 

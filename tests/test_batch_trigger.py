@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,8 @@ def test_a_chunk_is_refined_with_one_submit_per_item_and_few_queries(emulator, t
     # its configured latency and not this machine's CPU load: the figure under test is queries.
     (warm_up,) = plan_chunks(catalog(tmp_path, emulator, 1, coarse=coarse), str(tmp_path / "warm"))
     asyncio.run(run_to_event(trigger_for(warm_up, str(tmp_path / "warm"))))
+    forget_budgets()  # what the warm-up learned about the account (latency 0.3 s) would not hold
+    time.sleep(1.1)  # and a fresh budget does not know the service's current one-second windows
     emulator.update(latency=1.0)
     before = emulator.stats()
     output = str(tmp_path / "out")
@@ -95,7 +98,8 @@ def test_a_chunk_is_refined_with_one_submit_per_item_and_few_queries(emulator, t
     assert after["throttled_429"] == before["throttled_429"]  # paced within 10 submits/s
     assert after["max_running_observed"] <= 5
     queries = after["queries"] - before["queries"]
-    assert queries <= 2 * 14, f"{queries} queries for 14 items"  # spent where completions are due
+    # Spent where completions are due: about one query per task, never round-robin over the queue.
+    assert queries <= 1.5 * 14, f"{queries} queries for 14 items"
     rows, undone = rows_from_journal(read_chunk(chunk), Journal(journal_uri(output, Path(chunk).stem)))
     assert undone == []
     for row in rows:

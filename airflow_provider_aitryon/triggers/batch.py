@@ -58,8 +58,12 @@ class ItemState:
     result_url: str | None = None
     submitted_at: float = 0.0
     started_at: float | None = None
+    not_started_by: float = 0.0  # last time a query found it PENDING: it starts after this
+    predicted_end: float = 0.0
     last_seen: float = 0.0  # when we last learned its status (submit or query)
     late_looks: int = 0  # queries that found it still running past its predicted end
+    gen: int = 0  # due-heap entries of older generations are stale
+    owner: Any = None  # the BatchRun polling it (several share one account's queue)
     not_before: float = 0.0  # backoff after a transient error
     errors: int = 0
     task_failures: int = 0
@@ -172,9 +176,10 @@ class BatchRun:
             max_running=trigger.max_running,
             clock=self.clock,
         )
-        self.latency = trigger.expected_latency
+        if self.budget.latency is None:
+            self.budget.latency = trigger.expected_latency
         self.items: list[ItemState] = []
-        self.due: list[tuple[float, int, ItemState]] = []
+        self.due: list[tuple[float, int, int, ItemState]] = []
         self.seq = itertools.count()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.submitting: set[asyncio.Task[None]] = set()
@@ -256,9 +261,10 @@ class BatchRun:
         for state in self.items:
             if state.phase == WAITING:
                 self.budget.outstanding += 1
-                self._schedule(state, self.clock())
+                self._track(state)
             elif state.phase == SAVING:
                 self._spawn(self._save(state))
+        self._replan(self.clock())
         while self.fatal is None and any(s.phase not in (DONE, FAILED) for s in self.items):
             now = self.clock()
             if self.t.end_time is not None and time.time() >= self.t.end_time:
@@ -289,8 +295,8 @@ class BatchRun:
 
     def _launch_polls(self, now: float) -> None:
         while self.due and self.due[0][0] <= now:
-            _, _, state = self.due[0]
-            if state.phase != WAITING:  # stale entry: the item moved on
+            _, _, gen, state = self.due[0]
+            if state.phase != WAITING or gen != state.gen:  # stale: the item moved on or was replanned
                 heapq.heappop(self.due)
                 continue
             slot = self.budget.query.try_acquire()
@@ -353,7 +359,8 @@ class BatchRun:
         self.journal.add("submitted", item.sku, state.stage, task_id=submitted.task_id, request_id=submitted.request_id)
         await self._flush()  # journaled before anything else happens: a restart must not resubmit
         state.phase = WAITING
-        self._schedule(state, now)
+        self._track(state)
+        self._replan(now)
 
     async def _poll(self, state: ItemState, slot: Slot) -> None:
         assert state.task_id is not None
@@ -366,19 +373,29 @@ class BatchRun:
         except DashScopeAPIError as exc:
             self._on_error(state, exc, self.budget.query, WAITING)
             if state.phase == WAITING:
-                heapq.heappush(self.due, (state.not_before, next(self.seq), state))
+                self._push_due(state, state.not_before)
             return
         state.errors = 0
         now = self.clock()
         if result.outcome is Outcome.RUNNING:
             state.phase = WAITING
-            pending = result.raw_status == "PENDING"
-            if not pending and state.started_at is None:
-                state.started_at = (state.last_seen + now) / 2  # it started since we last looked
-            self._schedule(state, now, pending=pending)
+            if result.raw_status == "PENDING":
+                state.not_started_by = now
+            elif state.started_at is None:
+                state.started_at = self._start_time(result, state, now)
+            if now >= state.predicted_end:
+                state.late_looks += 1
+                if state.started_at is not None and self.budget.latency is not None:
+                    # Still running after the predicted latency: the latency is at least this long.
+                    self.budget.latency = max(self.budget.latency, now - state.started_at)
+            state.last_seen = now
+            self._replan(now)
             return
         self.budget.outstanding -= 1
+        self._untrack(state)
         self._learn_latency(result, state, now)
+        self.budget.task_ended(self._end_time(result, state, now))
+        self._replan(now)
         assert self.journal is not None
         self.journal.add(
             "finished", state.item.sku, state.stage, task_id=state.task_id, status=result.status.value,
@@ -421,31 +438,79 @@ class BatchRun:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _schedule(self, state: ItemState, now: float, *, pending: bool = False) -> None:
-        """Query a task when it should have ended, from its place in the queue and the latency.
+    # ------------------------------------------------------------------ predicting ends
 
-        - just submitted: it ends after the waves of tasks queued before it (5 run at a time);
-        - seen PENDING: it has not started, so it cannot end before one latency from now;
-        - seen RUNNING: it ends one latency after it started (estimated between two looks);
-        - running past that: nearly done; look again after a fifth of a latency, doubling each time.
+    def _track(self, state: ItemState) -> None:
+        state.owner = self
+        self.budget.tracked.append(state)
+
+    def _untrack(self, state: ItemState) -> None:
+        if state in self.budget.tracked:
+            self.budget.tracked.remove(state)
+
+    def _replan(self, now: float) -> None:
+        """Predict when every outstanding task of the account ends, and when to query it.
+
+        The account runs `max_running` tasks at a time, first come first served. Tasks seen
+        running end one latency after they started; the others start, in submit order, when a
+        slot frees (never before a query last found them PENDING). Each task is queried just after
+        its predicted end, so a query usually finds it done. At most `max_outstanding` tasks are
+        outstanding, so this is cheap to redo on every submit and every answer.
         """
-        latency = self.latency
-        slack = 0.05 * latency + 0.02
-        if state.started_at is not None:
-            due = state.started_at + latency + slack
+        budget = self.budget
+        latency = budget.latency or self.t.expected_latency
+        budget.tracked = [s for s in budget.tracked if s.phase in (WAITING, POLLING)]
+        slots: list[float] = []
+        waiting: list[ItemState] = []
+        for state in budget.tracked:
+            if state.started_at is not None:
+                state.predicted_end = state.started_at + latency
+                heapq.heappush(slots, state.predicted_end)
+            else:
+                waiting.append(state)
+        # The slots nobody is seen running in were freed when the last tasks ended.
+        free_since = sorted(budget.recent_ends, reverse=True)[: max(0, budget.max_running - len(slots))]
+        for freed in free_since:
+            heapq.heappush(slots, freed)
+        while len(slots) < budget.max_running:
+            heapq.heappush(slots, -math.inf)
+        for state in sorted(waiting, key=lambda s: s.submitted_at):
+            start = max(state.submitted_at, state.not_started_by, heapq.heappop(slots))
+            state.predicted_end = start + latency
+            heapq.heappush(slots, state.predicted_end)
+        oldest = min(budget.tracked, key=lambda s: s.submitted_at, default=None)
+        for state in budget.tracked:
+            if state.phase != WAITING:
+                continue
+            due = state.predicted_end + 0.05 * latency + 0.02
             if due <= now:
-                # Later than expected: look again soon, then less and less often, so a slow spell
-                # at the service costs a few queries, not a query every fraction of a latency.
+                # Running past its prediction: nearly done. Look again soon, then less and less
+                # often, so a slow spell at the service costs a few queries, not one every instant.
                 due = now + max(0.2 * latency * 2 ** min(state.late_looks, 5), 0.05)
-                state.late_looks += 1
-        else:
-            ahead = sum(1 for s in self.items if s.phase in (WAITING, POLLING) and s.submitted_at < state.submitted_at)
-            waves = math.ceil((ahead + 1) / max(1, self.budget.max_running))
-            due = state.submitted_at + waves * latency + slack
-            if pending:
-                due = max(due, now + latency + slack)
-        state.last_seen = now
-        heapq.heappush(self.due, (max(due, state.not_before), next(self.seq), state))
+            if budget.ends_seen == 0 and oldest is not None and state is oldest:
+                # No task has ended yet, so the latency is only the user's guess: check the oldest
+                # task about once a second until the first end teaches the real latency.
+                due = min(due, max(state.last_seen, now) + min(1.0, latency / 4))
+            state.owner._push_due(state, max(due, state.not_before))
+
+    def _push_due(self, state: ItemState, due: float) -> None:
+        state.gen += 1
+        heapq.heappush(self.due, (due, next(self.seq), state.gen, state))
+
+    def _start_time(self, result: TaskResult, state: ItemState, now: float) -> float:
+        """When a task seen RUNNING started: from the service's own times if it gave them."""
+        submitted, scheduled = _parse_time(result.submit_time), _parse_time(result.scheduled_time)
+        if submitted is not None and scheduled is not None and scheduled >= submitted:
+            # Differences of the service's times only: its clock and zone are not ours.
+            return min(now, state.submitted_at + (scheduled - submitted))
+        return (max(state.last_seen, state.not_started_by) + now) / 2  # it started since we last looked
+
+    def _end_time(self, result: TaskResult, state: ItemState, now: float) -> float:
+        """When a task that is seen ended freed its slot, on our clock."""
+        submitted, ended = _parse_time(result.submit_time), _parse_time(result.end_time)
+        if submitted is not None and ended is not None and ended >= submitted:
+            return min(now, state.submitted_at + (ended - submitted))
+        return now
 
     def _learn_latency(self, result: TaskResult, state: ItemState, now: float) -> None:
         start, end = _parse_time(result.scheduled_time), _parse_time(result.end_time)
@@ -453,7 +518,7 @@ class BatchRun:
         if observed is None and state.started_at is not None:
             observed = now - state.started_at
         if observed is not None and observed > 0:
-            self.latency = 0.8 * self.latency + 0.2 * observed
+            self.budget.learn_latency(observed)
 
     def _on_error(self, state: ItemState, exc: DashScopeAPIError, bucket: Any, retry_phase: str) -> None:
         if exc.code in ACCOUNT_WIDE_CODES:
@@ -521,6 +586,7 @@ class BatchRun:
         await self._flush()
         # Tasks this run leaves unfinished stop counting against the shared budget.
         self.budget.outstanding -= sum(s.phase in (SUBMITTING, WAITING, POLLING) for s in self.items)
+        self.budget.tracked = [s for s in self.budget.tracked if s.owner is not self]
         return {"status": status, "message": message, "journal": self.t.journal_uri, "counts": self.counts()}
 
 
