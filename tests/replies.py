@@ -24,3 +24,16 @@ def submitted(task_id: str = "task-1") -> Reply:
 
 def error(status: int, code: str, message: str = "error from the scripted server") -> Reply:
     return Reply(status, {"request_id": f"req-{code}", "code": code, "message": message})
+
+
+# The vendor page's request and response examples (000_bce052fdf375d505.txt), shared by the tests.
+VENDOR_INPUT = {
+    "top_garment_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/sample-top.jpg",
+    "bottom_garment_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/sample-bottom.jpg",
+    "person_image_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/sample-person.png",
+    "coarse_image_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/result.png",
+}
+VENDOR_SUBMITTED = {
+    "output": {"task_id": "a8532587-fa8c-4ef8-82be-0c46b17950d1", "task_status": "PENDING"},
+    "request_id": "7574ee8f-38a3-4b1e-9280-11c33ab46e51",
+}

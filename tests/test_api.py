@@ -13,25 +13,16 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+from replies import VENDOR_INPUT, VENDOR_SUBMITTED
 
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
 from airflow_provider_aitryon.models import Outcome, TaskStatus
 
 # The vendor page's request example, verbatim.
-VENDOR_INPUT = {
-    "top_garment_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/sample-top.jpg",
-    "bottom_garment_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/sample-bottom.jpg",
-    "person_image_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/sample-person.png",
-    "coarse_image_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/result.png",
-}
 VENDOR_BODY = {"model": "aitryon-refiner", "input": VENDOR_INPUT, "parameters": {"gender": "woman"}}
 
 # The vendor page's response examples.
-VENDOR_SUBMITTED = {
-    "output": {"task_id": "a8532587-fa8c-4ef8-82be-0c46b17950d1", "task_status": "PENDING"},
-    "request_id": "7574ee8f-38a3-4b1e-9280-11c33ab46e51",
-}
 VENDOR_SUCCEEDED = {
     "output": {
         "task_id": "a8532587-fa8c-4ef8-82be-0c46b17950d1",

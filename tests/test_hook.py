@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from replies import VENDOR_INPUT, VENDOR_SUBMITTED
 from scripted_server import Recorded, Reply, ScriptedServer
 
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
@@ -19,16 +20,6 @@ from airflow_provider_aitryon.models import Outcome, TaskStatus
 API_KEY = "sk-test-key-123"
 CONN_ID = "ds_hook"
 
-VENDOR_INPUT = {
-    "top_garment_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/sample-top.jpg",
-    "bottom_garment_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/sample-bottom.jpg",
-    "person_image_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/sample-person.png",
-    "coarse_image_url": "https://dashscope-swap.oss-cn-beijing.aliyuncs.com/aa-test/result.png",
-}
-VENDOR_SUBMITTED = {
-    "output": {"task_id": "a8532587-fa8c-4ef8-82be-0c46b17950d1", "task_status": "PENDING"},
-    "request_id": "7574ee8f-38a3-4b1e-9280-11c33ab46e51",
-}
 VENDOR_SUCCEEDED = {
     "output": {
         "task_id": "a8532587-fa8c-4ef8-82be-0c46b17950d1",
