@@ -46,11 +46,16 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": [f"{_PACKAGE}.operators.{name}" for name in ("refiner", "tryon", "storage")],
+                "python-modules": [f"{_PACKAGE}.operators.{name}" for name in ("refiner", "tryon", "storage", "batch")],
             }
         ],
         "sensors": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.sensors.refiner"]}],
-        "triggers": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.triggers.dashscope"]}],
+        "triggers": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": [f"{_PACKAGE}.triggers.dashscope", f"{_PACKAGE}.triggers.batch"],
+            }
+        ],
         "extra-links": [f"{_PACKAGE}.links.TryOnResultLink"],
         "connection-types": [
             {
