@@ -68,6 +68,9 @@ class FakeTI:
     def xcom_push(self, key: str, value: Any) -> None:
         self.pushed[key] = value
 
+    def get_first_reschedule_date(self, context: Any) -> None:
+        return None  # the first try: no earlier reschedule
+
 
 @pytest.fixture
 def context() -> dict[str, Any]:

@@ -190,3 +190,13 @@ def test_execute_complete_error_and_garbage(context):
         sensor().execute_complete(context, task_event("error", "task-1", None, "HTTP 401 InvalidApiKey"))
     with pytest.raises(AirflowFailException, match="unexpected event"):
         sensor().execute_complete(context, {"status": "weird"})
+
+
+def test_sensor_in_reschedule_mode_frees_the_slot_until_the_next_poke(scripted, context):
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    scripted.add(replies.task("RUNNING"), replies.task("SUCCEEDED"))
+    with pytest.raises(AirflowRescheduleException):
+        sensor(deferrable=False, mode="reschedule").execute(context)
+    # the next try, after the reschedule: done
+    assert sensor(deferrable=False, mode="reschedule").execute(context)["task_status"] == "SUCCEEDED"
