@@ -82,7 +82,7 @@ class DashScopeHook(BaseHook):
                     conn = await asyncio.to_thread(self.get_connection, self.dashscope_conn_id)
             except Exception as exc:
                 raise _missing_connection(self.dashscope_conn_id, exc) from None
-            self._settings = self._load(conn)
+            self._settings = await self._aload(conn)
         return self._settings
 
     @staticmethod
@@ -95,6 +95,17 @@ class DashScopeHook(BaseHook):
             mask_secret(settings.api_key)
         except ImportError:  # pragma: no cover - very old task SDKs
             pass
+        return settings
+
+    @staticmethod
+    async def _aload(conn: Any) -> ConnectionSettings:
+        """_load for the event loop: the async masker talks to the supervisor without blocking it."""
+        settings = ConnectionSettings.from_connection(conn)
+        try:
+            from airflow.sdk.log import amask_secret
+        except ImportError:  # pragma: no cover - task SDKs without the async masker
+            return DashScopeHook._load(conn)
+        await amask_secret(settings.api_key)
         return settings
 
     def get_conn(self) -> requests.Session:
