@@ -64,9 +64,43 @@ class ApiCall:
         return f"{self.method} {self.path}"
 
     def fingerprint(self) -> str:
-        """A digest of what is asked, so a retry can tell the same request from a changed one."""
-        canonical = json.dumps([self.method, self.path, self.body], sort_keys=True, separators=(",", ":"))
+        """A digest of what is asked, so a rerun can tell the same request from a changed one.
+
+        URLs count without their signature parameters: a result URL DashScope signs anew on every
+        query (or an input URL re-signed before each submit) names the same image, and must not
+        make the same request look new, which would pay for it twice.
+        """
+        canonical = json.dumps([self.method, self.path, _unsigned(self.body)], sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Query parameters that carry a URL's signature or expiry, not what the URL names (OSS V1 and V4,
+# S3-style presigning). Compared case-insensitively.
+_SIGNATURE_PARAMS = frozenset({"expires", "ossaccesskeyid", "signature", "security-token"})
+_SIGNATURE_PREFIXES = ("x-oss-", "x-amz-")
+
+
+def unsigned_url(url: str) -> str:
+    """The URL without signature parameters: what it names, not who may read it until when."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    kept = [
+        pair
+        for pair in parts.query.split("&")
+        if (name := pair.split("=", 1)[0].lower()) not in _SIGNATURE_PARAMS and not name.startswith(_SIGNATURE_PREFIXES)
+    ]
+    return parts._replace(query="&".join(kept)).geturl()
+
+
+def _unsigned(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unsigned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unsigned(v) for v in value]
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return unsigned_url(value)
+    return value
 
 
 _MAX_SHOWN = 120
@@ -275,17 +309,48 @@ def reconcile_call(submit: ApiCall, sent_at: float, now: float) -> ApiCall:
     return list_call(model=model, start=sent_at - RECONCILE_MARGIN_SECONDS, end=now + RECONCILE_MARGIN_SECONDS)
 
 
-def unclaimed_tasks(payload: Mapping[str, Any], claimed: Container[str]) -> list[str]:
-    """Task ids in a task-list answer that nobody here submitted: candidates for a lost submit."""
+@dataclass(frozen=True)
+class ListedTask:
+    """One row of the task list: its id and, when the row says, when the service created it."""
+
+    task_id: str
+    created: float | None  # epoch seconds, read on the service's clock
+    precise: bool  # the creation time has sub-second digits
+
+
+def listed_tasks(payload: Mapping[str, Any]) -> list[ListedTask]:
+    """The rows of a task-list answer (``data`` at the top or under ``output``), newest first."""
     rows = payload.get("data")
     if rows is None and isinstance(payload.get("output"), Mapping):
         rows = payload["output"].get("data")
-    ids = []
+    found = []
     for row in rows if isinstance(rows, list) else []:
-        task_id = row.get("task_id") if isinstance(row, Mapping) else None
-        if isinstance(task_id, str) and task_id and task_id not in claimed:
-            ids.append(task_id)
-    return ids
+        if not isinstance(row, Mapping):
+            continue
+        task_id = row.get("task_id")
+        if not isinstance(task_id, str) or not task_id:
+            continue
+        text = next((row[k] for k in ("gmt_create", "submit_time", "create_time") if row.get(k)), None)
+        created = parse_service_time(text)
+        found.append(ListedTask(task_id, created, precise=created is not None and "." in str(text)))
+    return found
+
+
+def unclaimed_tasks(payload: Mapping[str, Any], claimed: Container[str]) -> list[str]:
+    """Task ids in a task-list answer that nobody here submitted: candidates for a lost submit."""
+    return [row.task_id for row in listed_tasks(payload) if row.task_id not in claimed]
+
+
+def parse_service_time(text: object) -> float | None:
+    """Epoch seconds of a service time such as ``2026-01-01 10:00:00.123`` (China Standard Time)."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    for pattern in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S", "%Y%m%d%H%M%S"):
+        try:
+            return datetime.strptime(text.strip(), pattern).replace(tzinfo=_SERVICE_TZ).timestamp()
+        except ValueError:
+            continue
+    return None
 
 
 def query_call(task_id: str) -> ApiCall:
@@ -299,6 +364,11 @@ def cancel_call(task_id: str) -> ApiCall:
 # --------------------------------------------------------------------------------------------
 # Responses
 # --------------------------------------------------------------------------------------------
+
+# Statuses a gateway in front of the service answers with when it gave up waiting for it: the
+# service may still have created the task. Any answer without the service's JSON error envelope
+# counts, whatever its status; an answer with the envelope is the service's own word.
+LOST_REPLY_STATUSES = frozenset({500, 502, 503, 504})
 
 _TASK_ID_IN_TEXT = re.compile(rb'"task_id"\s*:\s*"([^"\\]{1,128})"')
 
@@ -365,15 +435,17 @@ def decode(call: ApiCall, http_status: int, headers: Mapping[str, str], body: by
                 "request_id": None,
                 "recovered_from_truncated_body": True,
             }
-    if call.operation == "submit" and 200 <= http_status < 300:
-        # Accepted, but the task id was lost with the body: the hook looks the task up in the task
-        # list before it would ever submit again (see DashScopeHook.submit).
+    if call.operation == "submit" and (200 <= http_status < 300 or http_status in LOST_REPLY_STATUSES):
+        # Accepted, or not, we cannot tell: a garbled 2xx lost the task id with the body, and a
+        # gateway's 502/504 page (or an empty answer) may come after the service took the task.
+        # The hook looks the task up in the task list before it would ever submit again.
         raise DashScopeAPIError(
             operation=call.operation,
             http_status=http_status,
-            message=f"the reply to the submit was garbled ({problem}), so whether a task was created is unknown",
+            message=f"the reply to the submit was lost ({problem}), so whether a task was created is unknown",
             retryable=True,
             ambiguous=True,
+            retry_after=retry_after,
         )
     raise DashScopeAPIError(
         operation=call.operation,

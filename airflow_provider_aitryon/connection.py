@@ -29,6 +29,13 @@ EXTRA_FIELDS: dict[str, tuple[type, Any, float]] = {
     "lost_submit_grace": (float, 3.0, 0.0),
 }
 EXTRA_TEXT_FIELDS = ("workspace", "scheme")
+# Yes/no extra fields: name -> default.
+EXTRA_BOOL_FIELDS: dict[str, bool] = {
+    # After a lost submit reply, adopt the one task the task list shows created meanwhile. Turn it
+    # off for an account shared with submitters outside this deployment: a lost reply then fails
+    # the item in one sentence instead of guessing whose task it is.
+    "adopt_lost_submits": True,
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class ConnectionSettings:
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     lost_submit_grace: float = 3.0
+    adopt_lost_submits: bool = True
 
     @classmethod
     def from_connection(cls, conn: Any) -> ConnectionSettings:
@@ -60,7 +68,9 @@ class ConnectionSettings:
         values: dict[str, Any] = {}
         for name, (kind, default, minimum) in EXTRA_FIELDS.items():
             values[name] = _number(conn_id, name, extra.get(name, default), kind, minimum)
-        unknown = set(extra) - set(EXTRA_FIELDS) - set(EXTRA_TEXT_FIELDS)
+        for name, default in EXTRA_BOOL_FIELDS.items():
+            values[name] = _boolean(conn_id, name, extra.get(name, default))
+        unknown = set(extra) - set(EXTRA_FIELDS) - set(EXTRA_TEXT_FIELDS) - set(EXTRA_BOOL_FIELDS)
         if unknown:
             log.warning(
                 "Connection %r has extra fields this provider does not use: %s",
@@ -141,3 +151,17 @@ def _number(conn_id: str, name: str, value: Any, kind: type, minimum: float) -> 
             f"got {value!r}; fix it in the connection's Extra."
         )
     return kind(number)
+
+
+def _boolean(conn_id: str, name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise DashScopeConfigError(
+        f"Connection {conn_id!r} extra field {name} must be true or false, got {value!r}; fix it in the "
+        "connection's Extra."
+    )

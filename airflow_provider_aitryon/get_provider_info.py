@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_aitryon import __version__
-from airflow_provider_aitryon.connection import CONN_TYPE, EXTRA_FIELDS
+from airflow_provider_aitryon.connection import CONN_TYPE, EXTRA_BOOL_FIELDS, EXTRA_FIELDS
 
 _PACKAGE = "airflow_provider_aitryon"
 _INTEGRATION = "Alibaba Cloud DashScope AI Try-On"
@@ -24,6 +24,13 @@ def _conn_fields() -> dict[str, Any]:
         fields[name] = {
             "label": name.replace("_", " ").capitalize(),
             "schema": {"type": [json_type, "null"], "default": default, "minimum": minimum},
+        }
+    for name, flag in EXTRA_BOOL_FIELDS.items():
+        fields[name] = {
+            "label": name.replace("_", " ").capitalize(),
+            "schema": {"type": ["boolean", "null"], "default": flag},
+            "description": "After a lost submit reply, adopt the one task created meanwhile (off for accounts "
+            "shared with other submitters: the item then fails instead).",
         }
     return fields
 

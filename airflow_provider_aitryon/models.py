@@ -75,6 +75,8 @@ class SubmittedTask:
     task_id: str
     status: TaskStatus
     request_id: str | None = None
+    # Found in the task list after the reply to the submit was lost, not returned by the submit.
+    adopted: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scripted_server import ScriptedServer  # noqa: E402
 
-from airflow_provider_aitryon.ledger import MemoryLedger  # noqa: E402
 from airflow_provider_aitryon.operators.base import DashScopeSubmitOperator  # noqa: E402
+from airflow_provider_aitryon.registry import (  # noqa: E402
+    ClaimIndex,
+    MemoryStore,
+    Submission,
+    SubmissionRegistry,
+    operator_scope,
+)
 
 API_KEY = "sk-test-SECRET-7f3a9c"
 
@@ -39,11 +45,20 @@ def set_connection(
 
 
 @pytest.fixture(autouse=True)
-def memory_ledger(monkeypatch: pytest.MonkeyPatch) -> MemoryLedger:
-    """Unit tests run operators outside a task runner, where Airflow Variables are unreachable."""
-    ledger = MemoryLedger()
-    monkeypatch.setattr(DashScopeSubmitOperator, "ledger", ledger)
-    return ledger
+def memory_registry(monkeypatch: pytest.MonkeyPatch) -> SubmissionRegistry:
+    """Unit tests run operators outside a task runner: a fresh registry and claim index per test."""
+    registry = SubmissionRegistry(MemoryStore(), ClaimIndex(MemoryStore()))
+    monkeypatch.setattr(DashScopeSubmitOperator, "registry", registry)
+    return registry
+
+
+def remember(registry: SubmissionRegistry, op: Any, task_id: str = "earlier-task", try_number: int = 1) -> None:
+    """Record that try `try_number` of `op` (in FakeTI's run) already submitted `task_id`."""
+    key, scope = operator_scope({"ti": FakeTI()}, op.task_id)
+    call = op.build_call()
+    entry = Submission(scope=scope, fingerprint=call.fingerprint(), model=call.body["model"],
+                       owner=f"{scope}#{try_number}")  # fmt: skip
+    registry.record_task(key, entry, task_id, "req-old", adopted=False)
 
 
 @pytest.fixture

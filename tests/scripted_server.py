@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 @dataclass
 class Reply:
     status: int = 200
-    body: bytes | dict[str, Any] | str = b""
+    # A callable is called with the server when the reply is sent (e.g. to stamp request times).
+    body: bytes | dict[str, Any] | str | Callable[[ScriptedServer], dict[str, Any]] = b""
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection without answering
     delay: float = 0.0
@@ -30,6 +32,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.time)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -40,6 +43,8 @@ class ScriptedServer:
         self.replies: deque[Reply] = deque()
         self.default = Reply(500, {"code": "InternalError", "message": "script exhausted"})
         self.requests: list[Recorded] = []
+        # Clock-calibration probes of the connection-test task id: answered UNKNOWN, off the script.
+        self.probes: list[Recorded] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -51,8 +56,13 @@ class ScriptedServer:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                server.requests.append(Recorded(self.command, self.path, dict(self.headers), body))
-                reply = server.replies.popleft() if server.replies else server.default
+                recorded = Recorded(self.command, self.path, dict(self.headers), body)
+                if self.path.endswith("/airflow-connection-test"):
+                    server.probes.append(recorded)
+                    reply = Reply(200, {"output": {"task_id": "airflow-connection-test", "task_status": "UNKNOWN"}})
+                else:
+                    server.requests.append(recorded)
+                    reply = server.replies.popleft() if server.replies else server.default
                 if reply.delay:
                     time.sleep(reply.delay)
                 if reply.drop:
@@ -60,6 +70,8 @@ class ScriptedServer:
                     self.connection.shutdown(2)
                     return
                 data = reply.body
+                if callable(data):
+                    data = data(server)
                 if isinstance(data, dict):
                     data = json.dumps(data).encode()
                 elif isinstance(data, str):

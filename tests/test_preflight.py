@@ -19,14 +19,13 @@ import pytest
 import replies
 import requests
 from airflow.sdk.exceptions import AirflowFailException
-from conftest import FakeTI, set_connection
+from conftest import FakeTI, remember, set_connection
 from PIL import Image
 
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
 from airflow_provider_aitryon.errors import DashScopeConfigError
 from airflow_provider_aitryon.image_rules import MAX_BYTES
-from airflow_provider_aitryon.ledger import ledger_key, new_entry
 from airflow_provider_aitryon.operators.refiner import RefinerSubmitOperator
 from airflow_provider_aitryon.operators.tryon import TryOnSubmitOperator
 from airflow_provider_aitryon.preflight import InputInspector, shown_url
@@ -476,13 +475,11 @@ def test_tryon_with_a_gif_garment_fails_unless_validation_is_off(emu, host):
     assert len(host.hits) == hits  # nothing fetched by the worker
 
 
-def test_a_retry_reusing_its_earlier_task_does_not_fetch_the_images(scripted, memory_ledger):
+def test_a_retry_reusing_its_earlier_task_does_not_fetch_the_images(scripted, memory_registry):
     dead = f"http://127.0.0.1:{free_port()}"
     op = RefinerSubmitOperator(task_id="submit", person_image_url=f"{dead}/p.png", top_garment_url=f"{dead}/t.png",
                                coarse_image_url=f"{dead}/c.png", gender="man")  # fmt: skip
-    memory_ledger.record(
-        ledger_key({"ti": FakeTI()}, op.task_id), new_entry("earlier-task", "req-old", op.build_call().fingerprint(), 1)
-    )
+    remember(memory_registry, op)
     scripted.add(replies.task("RUNNING", task_id="earlier-task"))
     assert op.execute({"ti": FakeTI(try_number=2)}) == "earlier-task"
     assert [r.method for r in scripted.requests] == ["GET"]

@@ -11,7 +11,7 @@ import airflow
 import jsonschema
 import pytest
 
-from airflow_provider_aitryon.connection import EXTRA_FIELDS
+from airflow_provider_aitryon.connection import EXTRA_BOOL_FIELDS, EXTRA_FIELDS
 from airflow_provider_aitryon.get_provider_info import get_provider_info
 
 INFO = get_provider_info()
@@ -55,5 +55,5 @@ def test_classes_named_in_it_exist():
 def test_connection_form_fields_are_the_extras_the_hook_reads():
     (conn,) = INFO["connection-types"]
     assert conn["connection-type"] == "dashscope"
-    assert set(conn["conn-fields"]) == {"workspace", *EXTRA_FIELDS}
+    assert set(conn["conn-fields"]) == {"workspace", *EXTRA_FIELDS, *EXTRA_BOOL_FIELDS}
     assert conn["ui-field-behaviour"]["relabeling"] == {"password": "API key", "host": "Base URL"}

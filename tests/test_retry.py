@@ -445,13 +445,25 @@ def submit_in(hook: DashScopeHook, mode: str) -> Any:
     return asyncio.run(go())
 
 
-def task_list(*task_ids: str) -> Reply:
-    return Reply(200, {"request_id": "req-list", "data": [{"task_id": t, "status": "PENDING"} for t in task_ids]})
+def task_list(*task_ids: str, offset: float = 0.001) -> Reply:
+    """The task list after a lost submit: its tasks created `offset` s after the server received the submit."""
+
+    def rows(server: Any) -> dict[str, Any]:
+        created = next(r.at for r in server.requests if r.method == "POST") + offset
+        china = dt.timezone(dt.timedelta(hours=8))
+        stamp = dt.datetime.fromtimestamp(created, china).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        return {"request_id": "req-list",
+                "data": [{"task_id": t, "status": "PENDING", "gmt_create": stamp} for t in task_ids]}  # fmt: skip
+
+    return Reply(200, rows)
 
 
 LOST_REPLIES = [
     pytest.param(Reply(200, b'{"output": {"task_'), id="truncated-200"),
     pytest.param(Reply(drop=True), id="dropped"),
+    pytest.param(Reply(504, b"<html><body><h1>504 Gateway Time-out</h1></body></html>"), id="gateway-504-html"),
+    pytest.param(Reply(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>"), id="gateway-502-html"),
+    pytest.param(Reply(200, b""), id="empty-200"),
 ]
 
 
@@ -460,7 +472,8 @@ LOST_REPLIES = [
 def test_a_lost_submit_reply_is_found_in_the_task_list_not_submitted_again(monkeypatch, server, mode, lost):
     hook = make_hook(monkeypatch, server)
     server.add(lost, task_list("created-before-the-reply-was-lost"))
-    assert submit_in(hook, mode).task_id == "created-before-the-reply-was-lost"
+    submitted = submit_in(hook, mode)
+    assert submitted.task_id == "created-before-the-reply-was-lost" and submitted.adopted is True
     assert [r.method for r in server.requests] == ["POST", "GET"]  # one submit, one look
     query = server.requests[1].path
     assert query.startswith("/api/v1/tasks?") and "model_name=aitryon-refiner" in query
@@ -478,7 +491,7 @@ def test_a_submit_that_never_arrived_is_sent_again(monkeypatch, server, mode):
 def test_several_unknown_tasks_are_not_guessed(monkeypatch, server, mode):
     hook = make_hook(monkeypatch, server)
     server.add(Reply(drop=True), task_list("someone-elses", "maybe-ours"))
-    with pytest.raises(DashScopeAPIError, match="2 unknown tasks") as info:
+    with pytest.raises(DashScopeAPIError, match="2 unclaimed aitryon-refiner tasks") as info:
         submit_in(hook, mode)
     assert info.value.retryable is False
     assert [r.method for r in server.requests] == ["POST", "GET"]
@@ -492,3 +505,40 @@ def test_delay_survives_very_many_attempts():
     delay = backoff_delay(1025, base=1.0, cap=30.0, rng=random.Random(0))
     assert math.isfinite(delay)
     assert 0.0 <= delay <= 30.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_task_created_a_second_before_our_submit_is_not_ours(monkeypatch, server, mode):
+    hook = make_hook(monkeypatch, server)
+    server.add(Reply(504, b"<html>504 Gateway Time-out</html>"), task_list("someone-elses", offset=-1.0),
+               task_list("someone-elses", offset=-1.0), Reply(200, {"output": {"task_id": "ours"}}))  # fmt: skip
+    assert submit_in(hook, mode).task_id == "ours"  # not adopted: created before we sent ours
+    assert [r.method for r in server.requests] == ["POST", "GET", "GET", "POST"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_claimed_task_is_never_adopted(monkeypatch, server, mode):
+    from airflow_provider_aitryon.registry import CLAIMS
+
+    hook = make_hook(monkeypatch, server)
+    CLAIMS.remember(["another-path-of-this-deployment"])
+    server.add(Reply(drop=True), task_list("another-path-of-this-deployment"),
+               task_list("another-path-of-this-deployment"), Reply(200, {"output": {"task_id": "ours"}}))  # fmt: skip
+    assert submit_in(hook, mode).task_id == "ours"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_adoption_off_fails_in_one_sentence(monkeypatch, server, mode):
+    hook = make_hook(monkeypatch, server, adopt_lost_submits=False)
+    server.add(Reply(drop=True), task_list("maybe-ours"))
+    with pytest.raises(DashScopeAPIError, match="adopt_lost_submits is off for connection") as info:
+        submit_in(hook, mode)
+    assert info.value.retryable is False
+    assert [r.method for r in server.requests] == ["POST", "GET"]  # nothing sent twice
+
+
+def test_a_json_error_from_the_service_is_not_a_lost_reply(monkeypatch, server):
+    hook = make_hook(monkeypatch, server)
+    server.add(Reply(503, {"code": "ModelUnavailable", "message": "busy"}), Reply(200, {"output": {"task_id": "t"}}))
+    assert submit_in(hook, "sync").task_id == "t"
+    assert [r.method for r in server.requests] == ["POST", "POST"]  # the service said no task: no lookup

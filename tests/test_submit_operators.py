@@ -3,9 +3,8 @@ from __future__ import annotations
 import pytest
 import replies
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
-from conftest import FakeTI, set_connection
+from conftest import FakeTI, remember, set_connection
 
-from airflow_provider_aitryon.ledger import ledger_key, new_entry
 from airflow_provider_aitryon.operators.refiner import RefinerSubmitOperator
 from airflow_provider_aitryon.operators.tryon import TryOnSubmitOperator
 from airflow_provider_aitryon.triggers.dashscope import task_event
@@ -84,56 +83,67 @@ def refiner(**overrides):
     return RefinerSubmitOperator(**kwargs)
 
 
-def remember(ledger, context, op, task_id="earlier-task"):
-    ledger.record(ledger_key(context, op.task_id), new_entry(task_id, "req-old", op.build_call().fingerprint(), 1))
-
-
 @pytest.mark.parametrize("status", ["PENDING", "RUNNING", "SUCCEEDED"])
-def test_retry_reuses_a_live_or_finished_task(scripted, memory_ledger, status, capsys):
+def test_retry_reuses_a_live_or_finished_task(scripted, memory_registry, status, capsys):
     op = refiner()
-    remember(memory_ledger, {"ti": FakeTI()}, op)
+    remember(memory_registry, op)
     scripted.add(replies.task(status, task_id="earlier-task"))
     context = {"ti": FakeTI(try_number=2)}
     assert op.execute(context) == "earlier-task"
     assert [r.method for r in scripted.requests] == ["GET"]  # looked, did not submit
     assert context["ti"].pushed["dashscope_task_id"] == "earlier-task"
-    assert "Reusing DashScope task earlier-task submitted by try 1" in capsys.readouterr().out
+    assert "Reusing DashScope task earlier-task, submitted earlier by dag/manual__2026-01-01/submit#1" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize("status", ["FAILED", "CANCELED", "UNKNOWN"])
-def test_retry_submits_again_after_a_dead_task(scripted, memory_ledger, status, capsys):
+def test_retry_submits_again_after_a_dead_task(scripted, memory_registry, status, capsys):
     op = refiner()
-    remember(memory_ledger, {"ti": FakeTI()}, op)
+    remember(memory_registry, op)
     scripted.add(replies.task(status, task_id="earlier-task"), replies.submitted("new-task"))
     assert op.execute({"ti": FakeTI(try_number=2)}) == "new-task"
     assert [r.method for r in scripted.requests] == ["GET", "POST"]
-    assert f"ended {status}; submitting a new one" in capsys.readouterr().out
+    assert f"the earlier task earlier-task ended {status}" in capsys.readouterr().out
 
 
-def test_changed_inputs_are_a_new_request(scripted, memory_ledger):
-    remember(memory_ledger, {"ti": FakeTI()}, refiner(gender="woman"))
+def test_changed_inputs_are_a_new_request(scripted, memory_registry):
+    remember(memory_registry, refiner(gender="woman"))
     scripted.add(replies.submitted("new-task"))
     assert refiner(gender="man").execute({"ti": FakeTI(try_number=2)}) == "new-task"
     assert [r.method for r in scripted.requests] == ["POST"]
 
 
-def test_unreadable_previous_task_fails_rather_than_paying_twice(scripted, memory_ledger, monkeypatch):
+def test_unreadable_previous_task_fails_rather_than_paying_twice(scripted, memory_registry, monkeypatch):
     set_connection(monkeypatch, scripted.base_url, max_attempts=1)
     op = refiner()
-    remember(memory_ledger, {"ti": FakeTI()}, op)
+    remember(memory_registry, op)
     scripted.default = replies.error(503, "ModelUnavailable")
     with pytest.raises(AirflowException):
         op.execute({"ti": FakeTI(try_number=2)})
     assert [r.method for r in scripted.requests] == ["GET"]
 
 
-def test_a_finished_task_instance_clears_its_ledger_entry(scripted, memory_ledger, context):
-    scripted.add(replies.submitted("task-1"))
-    refiner().execute(context)
-    assert memory_ledger.entries == {}
+def test_a_finished_task_instance_keeps_its_entry_so_a_clear_reuses_the_task(scripted, memory_registry, context):
+    scripted.add(replies.submitted("task-1"), replies.task("RUNNING", task_id="task-1"))
+    assert refiner().execute(context) == "task-1"
+    (entry,) = memory_registry.entries().values()
+    assert entry.task_id == "task-1" and entry.status == "PENDING"
+    # The user clears the run (the sensor timed out while the task ran): same task, no second submit.
+    assert refiner().execute({"ti": FakeTI(try_number=2)}) == "task-1"
+    assert [r.method for r in scripted.requests] == ["POST", "GET"]
 
 
-def test_ledger_entry_is_written_before_anything_can_fail(scripted, memory_ledger):
+def test_resubmit_asks_for_a_new_generation_and_keeps_the_old_id(scripted, memory_registry, context, capsys):
+    scripted.add(replies.submitted("task-1"), replies.submitted("task-2"))
+    assert refiner().execute(context) == "task-1"
+    assert refiner(resubmit=True).execute({"ti": FakeTI(try_number=2)}) == "task-2"
+    (entry,) = memory_registry.entries().values()
+    assert entry.task_id == "task-2" and entry.superseded == ["task-1"]
+    assert "resubmit=True: submitting a new generation" in capsys.readouterr().out
+
+
+def test_ledger_entry_is_written_before_anything_can_fail(scripted, memory_registry):
     class DiesAfterSubmitting(RefinerSubmitOperator):
         def submit_once(self, context, hook, call):
             super().submit_once(context, hook, call)
@@ -142,8 +152,8 @@ def test_ledger_entry_is_written_before_anything_can_fail(scripted, memory_ledge
     scripted.add(replies.submitted("task-1"), replies.task("RUNNING", task_id="task-1"))
     with pytest.raises(RuntimeError):
         DiesAfterSubmitting(**{**refiner_kwargs()}).execute({"ti": FakeTI()})
-    (entry,) = memory_ledger.entries.values()
-    assert entry["task_id"] == "task-1"
+    (entry,) = memory_registry.entries().values()
+    assert entry.task_id == "task-1"
     # The next try reuses it.
     assert refiner().execute({"ti": FakeTI(try_number=2)}) == "task-1"
     assert [r.method for r in scripted.requests] == ["POST", "GET"]
@@ -158,12 +168,13 @@ def refiner_kwargs():
 # ------------------------------------------------------------------------- submit and wait
 
 
-def test_submit_and_wait_in_the_worker(scripted, memory_ledger, context):
+def test_submit_and_wait_in_the_worker(scripted, memory_registry, context):
     scripted.add(replies.submitted("task-1"), replies.task("RUNNING"), replies.task("SUCCEEDED"))
     result = tryon(wait_for_completion=True, deferrable=False, poll_interval=0.01).execute(context)
     assert result["task_id"] == "task-1"
     assert result["image_url"] == "http://results.example/refined.png"
-    assert memory_ledger.entries == {}
+    assert result["adopted"] is False
+    assert [e.task_id for e in memory_registry.entries().values()] == ["task-1"]  # kept for 24 h
 
 
 def test_submit_and_wait_failure_is_permanent(scripted, context):
@@ -172,7 +183,7 @@ def test_submit_and_wait_failure_is_permanent(scripted, context):
         tryon(wait_for_completion=True, deferrable=False, poll_interval=0.01).execute(context)
 
 
-def test_submit_and_wait_deferred(scripted, memory_ledger, context):
+def test_submit_and_wait_deferred(scripted, memory_registry, context):
     scripted.add(replies.submitted("task-1"))
     op = refiner(wait_for_completion=True, poll_interval=3, wait_timeout=120)
     with pytest.raises(TaskDeferred) as info:
@@ -180,10 +191,10 @@ def test_submit_and_wait_deferred(scripted, memory_ledger, context):
     kwargs = info.value.trigger.serialize()[1]
     assert kwargs["dashscope_task_id"] == "task-1"
     assert kwargs["poll_interval"] == 3
-    assert memory_ledger.entries  # kept until the wait ends: a retry meanwhile must reuse
+    assert memory_registry.entries()  # a retry meanwhile must reuse
 
     from airflow_provider_aitryon.api import parse_task
 
     event = task_event("success", "task-1", parse_task(replies.task("SUCCEEDED").body))
     assert op.execute_complete(context, event)["image_url"] == "http://results.example/refined.png"
-    assert memory_ledger.entries == {}
+    assert memory_registry.entries()  # kept after success: a clear reuses the task

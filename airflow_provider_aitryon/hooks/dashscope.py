@@ -7,6 +7,7 @@ Both paths build requests and parse responses with `airflow_provider_aitryon.api
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Container
 from typing import Any
@@ -25,10 +26,22 @@ from airflow_provider_aitryon.connection import (
 )
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
 from airflow_provider_aitryon.models import SubmittedTask, TaskResult, TaskStatus
+from airflow_provider_aitryon.registry.claims import CLAIMS
 from airflow_provider_aitryon.retry import retry_policy
+from airflow_provider_aitryon.service_clock import ServiceClock, service_clock
 
 # A lost submit is looked for twice, a grace period apart, before it is taken as never arrived.
 _LOOKS = 2
+# Before a lookup the service's clock offset is narrowed to this (seconds) with at most this many
+# probes, each timed so its Date header halves the uncertainty: a task created a second before ours
+# by another submitter then falls outside the window.
+_PRECISE_ENOUGH = 0.2
+_CALIBRATION_PROBES = 6
+# Slack for the service's timestamps: milliseconds when they have them, whole seconds otherwise.
+_SLACK_PRECISE = 0.05
+_SLACK_SECONDS = 1.0
+# The task-list query asks for a wider window than the candidates are then held to.
+_LIST_MARGIN = 60.0
 
 
 def _grace(settings: ConnectionSettings) -> float:
@@ -124,6 +137,7 @@ class DashScopeHook(BaseHook):
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _send(self, settings: ConnectionSettings, call: api.ApiCall) -> dict[str, Any]:
+        sent = time.time()
         try:
             response = self.get_conn().request(
                 call.method,
@@ -135,6 +149,7 @@ class DashScopeHook(BaseHook):
             )
         except requests.RequestException as exc:
             raise _transport_error(call, settings, exc) from None
+        service_clock(settings.base_url).observe_date(response.headers.get("Date"), sent, time.time())
         return api.decode(call, response.status_code, response.headers, response.content)
 
     async def arun(self, call: api.ApiCall) -> dict[str, Any]:
@@ -156,6 +171,7 @@ class DashScopeHook(BaseHook):
             self._aclient = await asyncio.to_thread(
                 httpx.AsyncClient, timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
             )
+        sent = time.time()
         try:
             response = await self._aclient.request(
                 call.method,
@@ -166,6 +182,7 @@ class DashScopeHook(BaseHook):
             )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _transport_error(call, settings, exc) from None
+        service_clock(settings.base_url).observe_date(response.headers.get("Date"), sent, time.time())
         return api.decode(call, response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:
@@ -175,14 +192,17 @@ class DashScopeHook(BaseHook):
 
     # ---------------------------------------------------------------- API
 
-    def submit(self, call: api.ApiCall, *, claimed: Container[str] = frozenset()) -> SubmittedTask:
+    def submit(self, call: api.ApiCall, *, claimed: Container[str] | None = None) -> SubmittedTask:
         """Submit a task built by `api.*_call`; returns its task id and request id.
 
-        A submit whose reply is lost (connection dropped or timed out after sending, or a garbled
-        2xx) may still have created a task. Before it would ever submit again, the hook looks in
-        the task list for a task of that model created meanwhile that nobody here submitted
-        (`claimed`): one such task is adopted, several are refused rather than guessed, none means
-        the submit never arrived and it is retried.
+        A submit whose reply is lost (connection dropped or timed out after sending, a gateway's
+        502/504 page, an empty or garbled answer) may still have created a task. Before it would
+        ever submit again, the hook looks for it in the task list (see `find_submitted`): one task
+        created while the submit was in flight, on the service's clock, that no path of this
+        deployment has claimed is adopted (``adopted=True``, logged); several are refused rather
+        than guessed; none means the submit never arrived and it is sent again.
+
+        :param claimed: task ids never to adopt; default: the deployment's claim index.
         """
         settings = self.settings
         submitted: SubmittedTask | None = None
@@ -194,7 +214,7 @@ class DashScopeHook(BaseHook):
                 except DashScopeAPIError as exc:
                     if not exc.ambiguous:
                         raise
-                    submitted = self._find_lost_task(settings, call, sent_at, claimed)
+                    submitted = self.find_submitted(call, sent_at, time.time(), claimed=claimed, cause=exc)
                     if submitted is None:
                         raise
         assert submitted is not None
@@ -202,7 +222,7 @@ class DashScopeHook(BaseHook):
         return submitted
 
     async def asubmit(
-        self, call: api.ApiCall, *, claimed: Container[str] = frozenset(), retry: bool = True
+        self, call: api.ApiCall, *, claimed: Container[str] | None = None, retry: bool = True
     ) -> SubmittedTask:
         """Async twin of submit(); with retry=False one attempt (a lost reply is still looked up)."""
         settings = await self.asettings()
@@ -218,59 +238,97 @@ class DashScopeHook(BaseHook):
                 except DashScopeAPIError as exc:
                     if not exc.ambiguous:
                         raise
-                    submitted = await self._afind_lost_task(settings, call, sent_at, claimed)
+                    submitted = await self.afind_submitted(call, sent_at, time.time(), claimed=claimed, cause=exc)
                     if submitted is None:
                         raise
         assert submitted is not None
         self._log_submitted(call, submitted)
         return submitted
 
-    def _find_lost_task(
-        self, settings: ConnectionSettings, call: api.ApiCall, sent_at: float, claimed: Container[str]
+    # ---------------------------------------------------------------- lost replies
+
+    def find_submitted(
+        self,
+        call: api.ApiCall,
+        sent_at: float,
+        lost_at: float,
+        *,
+        claimed: Container[str] | None = None,
+        cause: Exception | None = None,
     ) -> SubmittedTask | None:
+        """The task a submit sent between ``sent_at`` and ``lost_at`` (epoch, this machine) created, if any.
+
+        Looks twice, a grace period apart (a slow service may still be creating it). The window is
+        read on the service's clock (`service_clock`): the offset is calibrated first, so a worker
+        whose clock is minutes off still finds its task, and a task another submitter created a
+        second before ours is not mistaken for it.
+
+        :param claimed: task ids never to adopt; default: the deployment's claim index.
+        :param cause: the error that lost the reply, named in logs and messages.
+        """
+        settings = self.settings
+        clock = service_clock(settings.base_url)
+        for _ in range(_CALIBRATION_PROBES):
+            if clock.width <= _PRECISE_ENOUGH:
+                break
+            time.sleep(max(0.0, clock.calibrate_at(time.time()) - time.time()))
+            self._probe(settings)
+        lookup = _Lookup(call, sent_at, lost_at, claimed, settings, cause)
         for _ in range(_LOOKS):
-            # A slow service may still be creating the task: give it time before each look.
             time.sleep(_grace(settings))
-            payload = self.run(api.reconcile_call(call, sent_at, time.time()))
-            found = self._adopt(call, api.unclaimed_tasks(payload, claimed))
+            rows = api.listed_tasks(self.run(lookup.list_call(clock, time.time())))
+            for row in lookup.undated(rows):
+                lookup.dated[row.task_id] = api.parse_service_time(self.get_task(row.task_id).submit_time)
+            found = lookup.pick(rows, clock, self.log)
             if found is not None:
                 return found
         return None
 
-    async def _afind_lost_task(
-        self, settings: ConnectionSettings, call: api.ApiCall, sent_at: float, claimed: Container[str]
+    async def afind_submitted(
+        self,
+        call: api.ApiCall,
+        sent_at: float,
+        lost_at: float,
+        *,
+        claimed: Container[str] | None = None,
+        cause: Exception | None = None,
     ) -> SubmittedTask | None:
+        """Async twin of find_submitted()."""
+        settings = await self.asettings()
+        clock = service_clock(settings.base_url)
+        for _ in range(_CALIBRATION_PROBES):
+            if clock.width <= _PRECISE_ENOUGH:
+                break
+            await asyncio.sleep(max(0.0, clock.calibrate_at(time.time()) - time.time()))
+            await self._aprobe(settings)
+        lookup = _Lookup(call, sent_at, lost_at, claimed, settings, cause)
         for _ in range(_LOOKS):
             await asyncio.sleep(_grace(settings))
-            payload = await self.arun(api.reconcile_call(call, sent_at, time.time()))
-            found = self._adopt(call, api.unclaimed_tasks(payload, claimed))
+            rows = api.listed_tasks(await self.arun(lookup.list_call(clock, time.time())))
+            await lookup.aresolve_claims(rows)
+            for row in lookup.undated(rows):
+                lookup.dated[row.task_id] = api.parse_service_time((await self.aget_task(row.task_id)).submit_time)
+            found = lookup.pick(rows, clock, self.log)
             if found is not None:
                 return found
         return None
 
-    def _adopt(self, call: api.ApiCall, candidates: list[str]) -> SubmittedTask | None:
-        if not candidates:
-            return None
-        if len(candidates) > 1:
-            raise DashScopeAPIError(
-                operation=call.operation,
-                message=f"the reply to a submit was lost and {len(candidates)} unknown tasks of this model "
-                "were created meanwhile (another submitter uses this account), so which one is ours cannot be "
-                "told; not submitting again to avoid paying twice (check the DashScope console, then re-run)",
-                retryable=False,
-            )
-        self.log.warning(
-            "The reply to a submit was lost, but DashScope had created task %s; using it instead of "
-            "submitting again.", candidates[0],
-        )  # fmt: skip
-        return SubmittedTask(task_id=candidates[0], status=TaskStatus.PENDING)
+    def _probe(self, settings: ConnectionSettings) -> None:
+        """One cheap request whose only use is its Date header (the connection test's query)."""
+        with contextlib.suppress(DashScopeAPIError):  # an error reply carries a Date header too
+            self._send(settings, api.query_call(_CONNECTION_PROBE_TASK_ID))
+
+    async def _aprobe(self, settings: ConnectionSettings) -> None:
+        with contextlib.suppress(DashScopeAPIError):
+            await self._asend(settings, api.query_call(_CONNECTION_PROBE_TASK_ID))
 
     def _log_submitted(self, call: api.ApiCall, submitted: SubmittedTask) -> None:
         self.log.info(
-            "Submitted DashScope %s task %s (request_id %s).",
+            "Submitted DashScope %s task %s (request_id %s%s).",
             (call.body or {}).get("model"),
             submitted.task_id,
             submitted.request_id,
+            "; adopted after a lost reply" if submitted.adopted else "",
         )
 
     def submit_refiner(
@@ -372,3 +430,88 @@ def _transport_error(call: api.ApiCall, settings: ConnectionSettings, exc: Excep
         retryable=not broken_setup,
         ambiguous=not broken_setup and not _never_sent(exc),
     )
+
+
+class _Lookup:
+    """One lost-reply lookup: the window, the claims and the choice, shared by the sync and async hook."""
+
+    def __init__(
+        self,
+        call: api.ApiCall,
+        sent_at: float,
+        lost_at: float,
+        claimed: Container[str] | None,
+        settings: ConnectionSettings,
+        cause: Exception | None,
+    ) -> None:
+        self.model = str((call.body or {}).get("model") or "")
+        self.sent_at, self.lost_at = sent_at, lost_at
+        self.claimed: Container[str] = CLAIMS if claimed is None else claimed
+        self.settings = settings
+        self.cause = cause
+        self.dated: dict[str, float | None] = {}
+        self.claim_seen: dict[str, bool] = {}
+
+    def list_call(self, clock: ServiceClock, now: float) -> api.ApiCall:
+        margin = _LIST_MARGIN + clock.width
+        return api.list_call(model=self.model, start=self.sent_at + clock.offset - margin,
+                             end=now + clock.offset + margin)  # fmt: skip
+
+    def undated(self, rows: list[api.ListedTask]) -> list[api.ListedTask]:
+        """Rows without a creation time, unclaimed and not yet queried: their query says when."""
+        return [r for r in rows if r.created is None and r.task_id not in self.dated and not self._claimed(r.task_id)]
+
+    def _claimed(self, task_id: str) -> bool:
+        if task_id not in self.claim_seen:
+            self.claim_seen[task_id] = task_id in self.claimed
+        return self.claim_seen[task_id]
+
+    async def aresolve_claims(self, rows: list[api.ListedTask]) -> None:
+        """Check claims off the event loop (the deployment's index may be a remote read)."""
+        checker = getattr(self.claimed, "ais_claimed", None)
+        for row in rows:
+            if row.task_id not in self.claim_seen:
+                if checker is not None:
+                    self.claim_seen[row.task_id] = await checker(row.task_id)
+                else:
+                    self.claim_seen[row.task_id] = row.task_id in self.claimed
+
+    def pick(self, rows: list[api.ListedTask], clock: ServiceClock, log: Any) -> SubmittedTask | None:
+        """The one task our submit created, None if it created none; refuses to guess between several."""
+        candidates = []
+        for row in rows:
+            if self._claimed(row.task_id):
+                continue
+            created = row.created if row.created is not None else self.dated.get(row.task_id)
+            if created is None:
+                continue
+            slack = _SLACK_PRECISE if row.precise or row.created is None else _SLACK_SECONDS
+            # Created while our submit was in flight, read on the service's clock (offset in [lo, hi]).
+            if self.sent_at + clock.lo - slack <= created <= self.lost_at + clock.hi + slack:
+                candidates.append(row.task_id)
+        if not candidates:
+            return None
+        why = f" ({self.cause})" if self.cause else ""
+        if not self.settings.adopt_lost_submits:
+            raise DashScopeAPIError(
+                operation="submit",
+                message=f"the reply to a submit was lost{why} and the task list shows {len(candidates)} unclaimed "
+                f"{self.model} task(s) created meanwhile, but adopt_lost_submits is off for connection "
+                f"{self.settings.conn_id!r} (a shared account), so whose task it is cannot be told; not submitting "
+                "again to avoid paying twice (check the DashScope console, then rerun)",
+                retryable=False,
+            )
+        if len(candidates) > 1:
+            raise DashScopeAPIError(
+                operation="submit",
+                message=f"the reply to a submit was lost{why} and {len(candidates)} unclaimed {self.model} tasks were "
+                "created meanwhile (another submitter uses this account), so which one is ours cannot be told; not "
+                "submitting again to avoid paying twice (check the DashScope console, then rerun)",
+                retryable=False,
+            )
+        log.warning(
+            "The reply to a submit was lost%s, but DashScope had created task %s while it was in flight "
+            "(service clock offset %.2f..%.2f s); adopting it instead of submitting again.",
+            why, candidates[0], clock.lo, clock.hi,
+        )  # fmt: skip
+        return SubmittedTask(task_id=candidates[0], status=TaskStatus.PENDING, adopted=True)

@@ -1,7 +1,8 @@
 """What every DashScope submit operator shares: check, submit once, optionally wait.
 
 Subclasses only say how to build their request (`build_call`). Submitting goes through the
-submission ledger so a retry never pays twice; waiting reuses the sensor's trigger and outcome table.
+submission registry so a retry, a clear or a rerun never pays twice; waiting reuses the sensor's
+trigger and outcome table.
 """
 
 from __future__ import annotations
@@ -17,10 +18,18 @@ from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.errors import DashScopeAPIError
 from airflow_provider_aitryon.failures import AirflowSensorTimeout, airflow_errors
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
-from airflow_provider_aitryon.ledger import Ledger, VariableLedger, ledger_key, new_entry, usable
 from airflow_provider_aitryon.links import TryOnResultLink
-from airflow_provider_aitryon.models import Outcome, TaskStatus
+from airflow_provider_aitryon.models import TaskStatus
 from airflow_provider_aitryon.preflight import InputInspector
+from airflow_provider_aitryon.registry import (
+    Decision,
+    Submission,
+    SubmissionRegistry,
+    after_status,
+    decide,
+    operator_registry,
+    operator_scope,
+)
 from airflow_provider_aitryon.waiting import DashScopeWaitMixin
 
 if TYPE_CHECKING:
@@ -28,14 +37,19 @@ if TYPE_CHECKING:
 
 # Images submitted by this worker process, per model: the running count each submit logs.
 SUBMITTED_IMAGES: Counter[str] = Counter()
+# How long a submit may be in flight, at most, when a try died before recording its task id: the
+# lookup of an unrecorded submit covers this much time after the recorded intent.
+_INTENT_WINDOW_SECONDS = 15 * 60
 
 
 class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
     """Submit one DashScope task; return its task id, or with ``wait_for_completion`` its result.
 
-    A retry of this task first looks up the task its earlier try submitted (the submission ledger):
-    a PENDING, RUNNING or SUCCEEDED task is reused, only a FAILED, CANCELED or UNKNOWN one is
-    submitted again. Both cases are logged.
+    A retry, a clear or a rerun of this task instance first looks up what an earlier try paid for
+    (the submission registry, kept 24 h): for the same request, a PENDING, RUNNING or SUCCEEDED
+    task is reused, only a FAILED, CANCELED or UNKNOWN one is submitted again; a submit whose task
+    id was never recorded (the worker died mid-request) is looked up in the task list, never sent
+    blindly again. Each case is logged. ``resubmit=True`` asks for a new generation on purpose.
 
     :param dashscope_conn_id: connection of type ``dashscope``.
     :param wait_for_completion: also wait for the task and return its result dict (the sensor's).
@@ -49,9 +63,11 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         nothing is submitted. Default True; set False when the worker cannot reach the image URLs
         (DashScope still checks them, as a FAILED task). A retry that reuses the task its earlier
         try submitted does not fetch the images again.
+    :param resubmit: submit a new task even if this task instance already paid for the same request
+        (a deliberate new generation, logged). Default False: reuse it.
     """
 
-    ledger: ClassVar[Ledger] = VariableLedger()
+    registry: ClassVar[SubmissionRegistry] = operator_registry()
     operator_extra_links = (TryOnResultLink(),)  # filled when wait_for_completion returns a result
 
     def __init__(
@@ -64,6 +80,7 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         wait_timeout: float = 60 * 60,
         cancel_on_timeout: bool = True,
         validate_inputs: bool = True,
+        resubmit: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -74,6 +91,7 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         self.wait_timeout = wait_timeout
         self.cancel_on_timeout = cancel_on_timeout
         self.validate_inputs = validate_inputs
+        self.resubmit = resubmit
 
     def build_call(self) -> api.ApiCall:
         raise NotImplementedError
@@ -82,42 +100,64 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         with airflow_errors():
             call = self.build_call()
             hook = self._hook()
-            task_id = self.submit_once(context, hook, call)
+            entry = self.submit_once(context, hook, call)
+        self._adopted = entry.adopted
+        assert entry.task_id is not None
         if not self.wait_for_completion:
-            self.ledger.forget(ledger_key(context, self.task_id))
-            return task_id
+            return entry.task_id
         if self.deferrable:
-            self.defer_until_done(task_id, poll_interval=self.poll_interval, timeout=self.wait_timeout)
+            self.defer_until_done(entry.task_id, poll_interval=self.poll_interval, timeout=self.wait_timeout)
         with airflow_errors():
-            return self._finished(context, self._wait_here(hook, task_id))
+            return self._finished(context, self._wait_here(hook, entry.task_id))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         return self._finished(context, self.resume_from_event(event))
 
     def _finished(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
-        self.ledger.forget(ledger_key(context, self.task_id))
-        return result
-
-    def submit_once(self, context: Context, hook: DashScopeHook, call: api.ApiCall) -> str:
-        """Submit, unless an earlier try of this task instance already paid for the same request."""
-        key = ledger_key(context, self.task_id)
-        fingerprint = call.fingerprint()
-        previous = self.ledger.lookup(key)
+        # The registry entry stays (24 h): a clear of this task after success reuses the task.
         ti = context.get("ti")
-        if previous and usable(previous, fingerprint):
+        adopted = getattr(self, "_adopted", None)
+        pull = getattr(ti, "xcom_pull", None)
+        if adopted is None and pull is not None:
+            adopted = pull(task_ids=self.task_id, key="adopted")
+        return {**result, "adopted": bool(adopted)}
+
+    def submit_once(self, context: Context, hook: DashScopeHook, call: api.ApiCall) -> Submission:
+        """Submit, unless this task instance already paid for the same request (see the registry's rules)."""
+        key, scope = operator_scope(context, self.task_id)
+        fingerprint = call.fingerprint()
+        model = str((call.body or {}).get("model"))
+        ti = context.get("ti")
+        owner = f"{scope}#{getattr(ti, 'try_number', '?')}"
+        entry = self.registry.get(key)
+        decision, why = decide(entry, fingerprint, resubmit=self.resubmit)
+        if entry is not None and decision is Decision.CHECK:
+            assert entry.task_id is not None
             # A failed status check raises (and Airflow retries) rather than risk a second charge.
-            result = hook.get_task(previous["task_id"])
-            if result.outcome is not Outcome.FAILURE:
+            result = hook.get_task(entry.task_id)
+            if after_status(result.status) is Decision.REUSE:
                 self.log.info(
-                    "Reusing DashScope task %s submitted by try %s (now %s); not submitting again.",
-                    result.task_id or previous["task_id"], previous.get("try_number"), result.raw_status,
+                    "Reusing DashScope task %s, submitted earlier by %s (now %s); not submitting again.",
+                    entry.task_id, entry.owner, result.raw_status,
                 )  # fmt: skip
-                self._push_task_id(ti, previous["task_id"], previous.get("request_id"))
-                return str(previous["task_id"])
-            self.log.info(
-                "The DashScope task %s of try %s ended %s; submitting a new one.",
-                previous["task_id"], previous.get("try_number"), result.raw_status,
-            )  # fmt: skip
+                self._push_task_id(ti, entry)
+                return entry
+            why = f"the earlier task {entry.task_id} ended {result.raw_status}"
+        elif entry is not None and decision is Decision.LOOKUP:
+            found = hook.find_submitted(call, entry.intent_at, entry.intent_at + _INTENT_WINDOW_SECONDS,
+                                        claimed=self.registry.claims)  # fmt: skip
+            if found is not None:
+                self.registry.record_task(key, entry, found.task_id, found.request_id, adopted=True)
+                self.log.warning("Adopted DashScope task %s, which the interrupted try %s had submitted.",
+                                 found.task_id, entry.owner)  # fmt: skip
+                self._push_task_id(ti, entry)
+                return entry
+            why = "the interrupted earlier submit created no task"
+        if self.resubmit and entry is not None:
+            self.log.warning("resubmit=True: submitting a new generation; earlier task %s stays paid for.",
+                             entry.task_id)  # fmt: skip
+        else:
+            self.log.info("Submitting a %s task: %s.", model, why)
         if self.validate_inputs:
             # Only when about to pay: a reused task's images are not fetched again (signed URLs
             # may have expired since, and the task does not need them any more). The connection
@@ -125,25 +165,28 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
             _ = hook.settings
             with InputInspector(logger=self.log) as inspector:
                 inspector.check_call(call)
-        submitted = hook.submit(call)
-        self.ledger.record(
-            key, new_entry(submitted.task_id, submitted.request_id, fingerprint, getattr(ti, "try_number", None))
-        )
-        self._push_task_id(ti, submitted.task_id, submitted.request_id)
-        model = str((call.body or {}).get("model"))
+        if entry is None:
+            entry = Submission(scope=scope, fingerprint=fingerprint, model=model, owner=owner)
+        else:
+            entry.new_generation(fingerprint, model, owner)
+        self.registry.put(key, entry)  # the intent, before anything is sent
+        submitted = hook.submit(call, claimed=self.registry.claims)
+        self.registry.record_task(key, entry, submitted.task_id, submitted.request_id, adopted=submitted.adopted)
+        self._push_task_id(ti, entry)
         SUBMITTED_IMAGES[model] += 1
         self.log.info(
             "Submitted %s task %s; images submitted by this worker so far: %s.",
             model, submitted.task_id, dict(SUBMITTED_IMAGES),
         )  # fmt: skip
-        return submitted.task_id
+        return entry
 
     @staticmethod
-    def _push_task_id(ti: Any, task_id: str, request_id: str | None) -> None:
+    def _push_task_id(ti: Any, entry: Submission) -> None:
         """Make the task id visible the moment it is known, before anything else can fail."""
         if ti is not None:
-            ti.xcom_push(key="dashscope_task_id", value=task_id)
-            ti.xcom_push(key="request_id", value=request_id)
+            ti.xcom_push(key="dashscope_task_id", value=entry.task_id)
+            ti.xcom_push(key="request_id", value=entry.request_id)
+            ti.xcom_push(key="adopted", value=entry.adopted)
 
     def _wait_here(self, hook: DashScopeHook, task_id: str) -> dict[str, Any]:
         """Wait in the worker (deferrable=False): the same outcomes as the trigger, in a plain loop."""

@@ -1,7 +1,7 @@
 """Test DAG: the worker is killed (SIGKILL) right after its first submit, before the task returns.
 
 Run it twice with the same logical date: the second run has the same run id, so the submission
-ledger must hand it the task the killed try paid for instead of submitting again.
+registry must hand it the task the killed try paid for instead of submitting again.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SAMPLES = os.environ.get("AITRYON_SAMPLES_URL", "http://127.0.0.1:8089/samples")
 
 class DiesOnceAfterSubmitting(TryOnSubmitOperator):
     def submit_once(self, context: Any, hook: Any, call: Any) -> str:
-        task_id = super().submit_once(context, hook, call)
+        task_id = super().submit_once(context, hook, call).task_id
         marker = Path(os.environ["AITRYON_TEST_KILL_MARKER"])
         if not marker.exists():
             marker.write_text(task_id)
