@@ -93,9 +93,6 @@ class AccountBudget:
     max_running: int = 5
     outstanding: int = 0  # submitted, not yet ended: they occupy or wait for the running slots
     submitted_total: int = 0
-    # Every task id submitted through this account here: a submit whose reply was lost is matched
-    # against the task list by what is *not* in this set.
-    claimed: set[str] = field(default_factory=set)
     # The account's queue as the triggers of this process see it (outstanding tasks in submit
     # order) and the task latency learned from every trigger's observations: together they
     # predict when each task ends, whichever chunk it belongs to.

@@ -5,12 +5,14 @@ A catalog is JSONL, one item a line: ``sku``, ``person_image_url``, ``top_garmen
 ``gender``. Everything here reads and writes through Airflow's ObjectStoragePath, so a catalog and
 its output may be local paths or object-storage URIs alike.
 
-- The *journal* of a chunk records every submission the moment its task id is known, every task
-  end and every saved image. A trigger rebuilt after a triggerer restart (or a retried task)
-  replays it, so no item is lost and none is submitted twice.
+- The partition's *registry* (``<output>/registry/items/``, see `airflow_provider_aitryon.registry`)
+  has one entry per item and stage: the intent before each submit, the task id the moment it is
+  known, every task end and the saved image. Whatever chunk, run or retry carries an item next
+  replays its entry with `replay`, so no item is lost and none is paid for twice.
 - The *manifest* (``<output>/manifest.jsonl``) has one line per item: ``sku``, ``status``
-  (``succeeded`` / ``failed``), the DashScope task ids, the saved image and, for failures, ``code``,
-  ``message`` and whether a rerun should try again (``retryable``).
+  (``succeeded`` / ``failed``), the DashScope task ids, the saved image (its file name is unique per
+  sku), whether a task was ``adopted`` after a lost reply and, for failures, ``code``, ``message``
+  and whether a rerun should try again (``retryable``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,17 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.errors import PERMANENT_CODES, DashScopeConfigError
+from airflow_provider_aitryon.models import Outcome, TaskStatus
 from airflow_provider_aitryon.operators.storage import atomic_write, resolve_destination
+from airflow_provider_aitryon.registry import (
+    Decision,
+    Submission,
+    SubmissionRegistry,
+    decide,
+    item_key,
+    sku_file_stem,
+)
+from airflow_provider_aitryon.registry.lease import PartitionLease
 
 STAGE_COARSE = "coarse"
 STAGE_REFINE = "refine"
@@ -47,6 +59,10 @@ class CatalogItem:
     @property
     def first_stage(self) -> str:
         return STAGE_REFINE if self.coarse_image_url else STAGE_COARSE
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return (STAGE_REFINE,) if self.coarse_image_url else (STAGE_COARSE, STAGE_REFINE)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -80,10 +96,11 @@ class ManifestRow:
     code: str | None = None
     message: str | None = None
     retryable: bool = False
+    adopted: bool = False
     t: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, {})}
+        return {k: v for k, v in asdict(self).items() if v not in (None, {}) and not (k == "adopted" and not v)}
 
 
 def parse_item(line_no: int, raw: Any) -> CatalogItem:
@@ -169,53 +186,98 @@ def chunked(items: list[CatalogItem], size: int) -> Iterator[list[CatalogItem]]:
         yield items[start : start + size]
 
 
-# ------------------------------------------------------------------------------------ journal
+# ------------------------------------------------------------------------------------ registry
 
 
-class Journal:
-    """Append-only record of one chunk's progress, written whole and atomically on each flush.
+def image_uri(output: str, sku: str) -> str:
+    """Where an item's refined image is saved: one file per sku, never shared (see `sku_file_stem`)."""
+    return f"{output.rstrip('/')}/images/{sku_file_stem(sku)}.png"
 
-    Rewriting the file (instead of appending) works the same on local disks and object stores,
-    where append does not exist; a chunk's journal stays small (a few hundred bytes an item).
+
+def lease_folder(output: str) -> str:
+    return f"{output.rstrip('/')}/registry/lease"
+
+
+def partition_lease(output: str, holder: str, *, conn_id: str | None = None) -> PartitionLease:
+    """The lease a run holds on an output partition while it refines it (see `registry.lease`)."""
+    return PartitionLease(lease_folder(output), holder, conn_id=conn_id)
+
+
+def load_entries(registry: SubmissionRegistry, items: Iterable[CatalogItem]) -> dict[str, dict[str, Submission]]:
+    """sku → stage → the registry's entry, for the given items."""
+    out: dict[str, dict[str, Submission]] = {}
+    for item in items:
+        for stage in item.stages:
+            entry = registry.get(item_key(item.sku, stage))
+            if entry is not None:
+                out.setdefault(item.sku, {})[stage] = entry
+    return out
+
+
+# Where an item stands, as `replay` reads it from the registry.
+QUEUED, LOOKUP, WAITING, DONE, FAILED_PHASE = "queued", "lookup", "waiting", "done", "failed"
+
+
+@dataclass
+class Progress:
+    """Where one item stands: its phase, the stage it is at and, once ended, its manifest row.
+
+    ``retry`` says how a run that picks up a failed item resumes it: ``waiting`` when a paid task
+    still holds its image (only the download is repeated), ``queued`` when it must be submitted
+    again, None when the failure is for good.
     """
 
-    def __init__(self, uri: str, *, conn_id: str | None = None) -> None:
-        self.uri = uri
-        self.path = _path(uri, conn_id)
-        self.records: list[dict[str, Any]] = []
-        if self.path.exists():
-            self.records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        self._written = len(self.records)
-
-    @property
-    def dirty(self) -> bool:
-        return len(self.records) != self._written
-
-    def add(self, event: str, sku: str, stage: str, **data: Any) -> None:
-        self.records.append({"event": event, "sku": sku, "stage": stage, "t": time.time(), **data})
-
-    def flush(self) -> None:
-        if not self.dirty:
-            return
-        count = len(self.records)
-        atomic_write("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records[:count]).encode(), self.path)
-        self._written = count
-
-    def state(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Replay: sku → stage → the latest of each kind of record (submitted, finished, saved, failed)."""
-        out: dict[str, dict[str, dict[str, Any]]] = {}
-        for record in self.records:
-            stages = out.setdefault(record["sku"], {})
-            entry = stages.setdefault(record["stage"], {})
-            if record["event"] == "submitted":
-                # A new submission supersedes whatever ended before it.
-                entry.clear()
-            entry[record["event"]] = record
-        return out
+    phase: str
+    stage: str
+    task_id: str | None = None
+    coarse_url: str | None = None
+    row: ManifestRow | None = None
+    retry: str | None = None
 
 
-def journal_uri(output: str, key: str) -> str:
-    return f"{output.rstrip('/')}/journal/{key}.jsonl"
+def replay(item: CatalogItem, entries: Mapping[str, Submission], *, coarse_model: str = api.MODEL_TRYON) -> Progress:
+    """Read an item's registry entries with the registry's rules: the one replay every path uses."""
+    task_ids = {stage: e.task_id for stage, e in entries.items() if e.task_id}
+    adopted = any(e.adopted for e in entries.values() if e.task_id)
+    coarse_url = item.coarse_image_url
+    for stage in item.stages:
+        entry = entries.get(stage)
+        fingerprint = item.call(stage, coarse_image_url=coarse_url, coarse_model=coarse_model).fingerprint()
+        decision, _ = decide(entry, fingerprint)
+        here = Progress(QUEUED, stage, None, coarse_url)
+        if entry is not None and entry.fingerprint == fingerprint and not entry.expired and entry.failure:
+            # This stage's last attempt failed outside the task (a refused submit, a failed save).
+            failure = entry.failure
+            retry = None
+            if failure.get("retryable"):
+                succeeded = entry.task_id and entry.status == TaskStatus.SUCCEEDED.value
+                retry = WAITING if succeeded else QUEUED
+            row = ManifestRow(item.sku, FAILED, task_ids, code=failure.get("code"), message=failure.get("message"),
+                              retryable=retry is not None, adopted=adopted)  # fmt: skip
+            return Progress(FAILED_PHASE, stage, entry.task_id, coarse_url, row, retry)
+        if decision is Decision.SUBMIT:
+            return here
+        assert entry is not None
+        if decision is Decision.LOOKUP:
+            return Progress(LOOKUP, stage, None, coarse_url)
+        status = TaskStatus.parse(entry.status or TaskStatus.PENDING.value)
+        if status.outcome is Outcome.FAILURE:
+            permanent = is_permanent(entry.code)
+            row = ManifestRow(item.sku, FAILED, task_ids, code=entry.code or status.value,
+                              message=entry.message or f"the task ended {status.value}", retryable=not permanent,
+                              adopted=adopted)  # fmt: skip
+            return Progress(FAILED_PHASE, stage, entry.task_id, coarse_url, row, None if permanent else QUEUED)
+        if status is TaskStatus.SUCCEEDED and stage == STAGE_COARSE:
+            coarse_url = entry.image_url
+            continue
+        if status is TaskStatus.SUCCEEDED and entry.saved_uri:
+            row = ManifestRow(item.sku, SUCCEEDED, task_ids, image=entry.saved_uri, sha256=entry.saved_sha256,
+                              adopted=adopted)  # fmt: skip
+            return Progress(DONE, stage, entry.task_id, coarse_url, row)
+        # Submitted and not seen ending, or ended well and not saved yet: query it (a fresh result
+        # URL, then the download), never submit it again.
+        return Progress(WAITING, stage, entry.task_id, coarse_url)
+    raise AssertionError("unreachable: the refine stage always decides")  # pragma: no cover
 
 
 # ------------------------------------------------------------------------------------ manifest
@@ -286,14 +348,26 @@ def _path(uri: str, conn_id: str | None) -> ObjectStoragePath:
 # ------------------------------------------------------------------------------------ plan and rows
 
 
-def plan_chunks(catalog: str, output: str, *, chunk_size: int = 200, conn_id: str | None = None) -> list[str]:
+def plan_chunks(
+    catalog: str,
+    output: str,
+    *,
+    chunk_size: int = 200,
+    conn_id: str | None = None,
+    holder: str | None = None,
+) -> list[str]:
     """Write the chunk files of the items that still need work; return their URIs.
 
     Items already in the manifest as succeeded, or failed for good, are left out: a rerun over
     the same partition submits nothing for them. Lines that cannot be items are recorded as failed.
+
+    :param holder: the run asking (``<dag_id>/<run_id>``): it takes the partition's lease first, so
+        a second run over the same output at the same time fails here, naming the first.
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise DashScopeConfigError(f"chunk_size must be a whole number of at least 1, got {chunk_size!r}; set it.")
+    if holder is not None:
+        partition_lease(output, holder, conn_id=conn_id).acquire()
     items, bad = read_catalog(catalog, conn_id=conn_id)
     done = read_manifest(manifest_uri(output), conn_id=conn_id)
     if bad := [row for row in bad if needs_work(done.get(row.sku))]:
@@ -312,36 +386,18 @@ def read_chunk(uri: str, *, conn_id: str | None = None) -> list[CatalogItem]:
     return [CatalogItem(**json.loads(line)) for line in _path(uri, conn_id).read_text().splitlines() if line.strip()]
 
 
-def rows_from_journal(items: Iterable[CatalogItem], journal: Journal) -> tuple[list[ManifestRow], list[str]]:
-    """Manifest rows for the items the journal shows ended, and the skus it shows unfinished."""
-    replay = journal.state()
+def rows_from_registry(
+    items: Iterable[CatalogItem], registry: SubmissionRegistry, *, coarse_model: str = api.MODEL_TRYON
+) -> tuple[list[ManifestRow], list[str]]:
+    """Manifest rows for the items the registry shows ended, and the skus it shows unfinished."""
+    items = list(items)
+    entries = load_entries(registry, items)
     rows: list[ManifestRow] = []
     undone: list[str] = []
     for item in items:
-        stages = replay.get(item.sku, {})
-        task_ids = {s: e["submitted"]["task_id"] for s, e in stages.items() if "submitted" in e}
-        row = _row(item.sku, stages, task_ids)
-        if row is None:
+        progress = replay(item, entries.get(item.sku, {}), coarse_model=coarse_model)
+        if progress.row is None:
             undone.append(item.sku)
         else:
-            rows.append(row)
+            rows.append(progress.row)
     return rows, undone
-
-
-def _row(sku: str, stages: Mapping[str, Mapping[str, Any]], task_ids: dict[str, str]) -> ManifestRow | None:
-    refine = stages.get(STAGE_REFINE, {})
-    if "saved" in refine:
-        saved = refine["saved"]
-        return ManifestRow(sku, SUCCEEDED, task_ids, image=saved["uri"], sha256=saved.get("sha256"))
-    for stage in (STAGE_REFINE, STAGE_COARSE):
-        entry = stages.get(stage, {})
-        if "failed" in entry:
-            failed = entry["failed"]
-            return ManifestRow(sku, FAILED, task_ids, code=failed.get("code"), message=failed.get("message"),
-                               retryable=bool(failed.get("retryable")))  # fmt: skip
-        finished = entry.get("finished")
-        if finished and finished.get("status") != "SUCCEEDED":
-            code = finished.get("code") or finished.get("status")
-            return ManifestRow(sku, FAILED, task_ids, code=code, message=finished.get("message"),
-                               retryable=not is_permanent(finished.get("code")))  # fmt: skip
-    return None

@@ -88,6 +88,7 @@ class DashScopeAPIError(DashScopeError):
         retryable: bool | None = None,
         retry_after: float | None = None,
         ambiguous: bool = False,
+        unresolved: bool = False,
     ) -> None:
         self.operation = operation
         self.http_status = http_status
@@ -98,6 +99,9 @@ class DashScopeAPIError(DashScopeError):
         # The request may have reached the service and been acted on (no reply, or a garbled one):
         # for a submit that means a task may exist that we do not know of.
         self.ambiguous = ambiguous
+        # An ambiguous submit whose lookup failed too: whether a task exists is still unknown, so
+        # it must not be sent again until a later lookup tells (retryable, but not within the hook).
+        self.unresolved = unresolved
         self.retryable = classify_retryable(http_status, code) if retryable is None else retryable
         super().__init__(self._sentence())
 

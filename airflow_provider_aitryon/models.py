@@ -52,8 +52,7 @@ class TaskStatus(str, enum.Enum):
             if raw not in _UNKNOWN_SEEN:
                 _UNKNOWN_SEEN.add(str(raw))
                 log.warning(
-                    "DashScope returned task status %r, which the spec does not list; "
-                    "treating it as still running.",
+                    "DashScope returned task status %r, which the spec does not list; treating it as still running.",
                     raw,
                 )
             return cls.RUNNING

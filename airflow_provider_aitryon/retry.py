@@ -39,7 +39,8 @@ def backoff_delay(
 
 
 def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, DashScopeAPIError) and exc.retryable
+    # An unresolved lost submit is never resent here: the caller looks it up again first.
+    return isinstance(exc, DashScopeAPIError) and exc.retryable and not exc.unresolved
 
 
 def retry_policy(settings: ConnectionSettings, logger: Any) -> dict[str, Any]:

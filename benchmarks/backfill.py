@@ -261,9 +261,11 @@ def slot_use(tasks: list[dict[str, Any]], t0: float) -> dict[str, Any]:
 
 
 def saved_files(images: Path, skus: list[str]) -> set[str]:
+    from airflow_provider_aitryon.registry import sku_file_stem
+
     present = set()
     for sku in skus:
-        path = images / f"{sku}.png"
+        path = images / f"{sku_file_stem(sku)}.png"
         if path.is_file() and path.stat().st_size > 0:
             present.add(sku)
     return present
@@ -392,19 +394,20 @@ def run_batch(emu: Any, items: list[dict[str, str]], latency: float, chunk_size:
     result.extra["dag_worker_s_per_item"] = round(
         (result.extra["plan_s"] + result.worker_slot_s + result.extra["merge_manifest_s"]) / len(skus), 5
     )
-    account_figures(emu, before, result, set(skus), t0, journal_saved_at(output / "journal"))
+    account_figures(emu, before, result, set(skus), t0, images_saved_at(output / "images", skus))
     return result
 
 
-def journal_saved_at(journals: Path) -> dict[str, float]:
-    """sku → when the trigger journaled its image as saved, on the monotonic clock."""
+def images_saved_at(images: Path, skus: list[str]) -> dict[str, float]:
+    """sku → when its image file was written (atomically: complete when it appears), on the monotonic clock."""
+    from airflow_provider_aitryon.registry import sku_file_stem
+
     offset = time.time() - time.monotonic()
     saved = {}
-    for path in journals.glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            record = json.loads(line) if line.strip() else {}
-            if record.get("event") == "saved":
-                saved[record["sku"]] = float(record["t"]) - offset
+    for sku in skus:
+        path = images / f"{sku_file_stem(sku)}.png"
+        if path.is_file():
+            saved[sku] = path.stat().st_mtime - offset
     return saved
 
 

@@ -8,7 +8,10 @@ Params: ``catalog`` (a JSONL path or object-storage URI; default ``$AITRYON_CATA
 and ``output`` (default ``$AITRYON_BACKFILL_OUTPUT/<ds>``). Every item gets one line in
 ``<output>/manifest.jsonl``. Items that fail for good (e.g. InvalidPerson) are recorded and do not
 fail the run; the run fails only if items are left undone. A rerun of a partition submits nothing
-for items already succeeded and retries only the transient failures.
+for items already succeeded and retries only the transient failures; a task paid for by an earlier
+run is reused, not paid for again. One run at a time works on a partition: ``plan`` takes its lease,
+``finalize`` gives it back; a second run over the same output meanwhile fails in ``plan``, naming
+the run that holds it.
 """
 
 from __future__ import annotations
@@ -51,13 +54,14 @@ with DAG(
         }
 
     @task
-    def plan(catalog: str, output: str, params: dict[str, Any]) -> list[str]:
-        """Chunk the items that still need work; the manifest decides what is done already."""
+    def plan(catalog: str, output: str, params: dict[str, Any], dag_run: Any = None) -> list[str]:
+        """Take the partition's lease, then chunk the items that still need work (the manifest says which)."""
         from airflow_provider_aitryon.catalog import plan_chunks
         from airflow_provider_aitryon.failures import airflow_errors
 
+        holder = f"{dag_run.dag_id}/{dag_run.run_id}" if dag_run is not None else None
         with airflow_errors():
-            chunks = plan_chunks(catalog, output, chunk_size=int(params["chunk_size"]))
+            chunks = plan_chunks(catalog, output, chunk_size=int(params["chunk_size"]), holder=holder)
         print(f"Catalog {catalog}: {len(chunks)} chunk(s) to run; output {output}")
         return chunks
 
@@ -73,14 +77,16 @@ with DAG(
     ).expand(chunk=chunks)
 
     @task(trigger_rule="all_done")
-    def finalize(catalog: str, output: str) -> dict[str, Any]:
-        """Merge the chunks' rows into manifest.jsonl; fail only if an item is left undone."""
-        from airflow_provider_aitryon.catalog import merge_manifest, read_catalog
+    def finalize(catalog: str, output: str, dag_run: Any = None) -> dict[str, Any]:
+        """Merge the chunks' rows into manifest.jsonl, give the partition back; fail if an item is undone."""
+        from airflow_provider_aitryon.catalog import merge_manifest, partition_lease, read_catalog
         from airflow_provider_aitryon.failures import AirflowException
         from airflow_provider_aitryon.pricing import estimate_cost, format_cost
 
         items, bad = read_catalog(catalog)
         rows = merge_manifest(output)
+        if dag_run is not None:
+            partition_lease(output, f"{dag_run.dag_id}/{dag_run.run_id}").release()
         skus = [item.sku for item in items] + [row.sku for row in bad]
         undone = [sku for sku in skus if sku not in rows]
         succeeded = [rows[sku] for sku in skus if sku in rows and rows[sku]["status"] == "succeeded"]
@@ -89,6 +95,7 @@ with DAG(
             "succeeded": len(succeeded),
             "failed": len(skus) - len(undone) - len(succeeded),
             "undone": len(undone),
+            "adopted": sum(bool(rows[sku].get("adopted")) for sku in skus if sku in rows),
             "manifest": f"{output.rstrip('/')}/manifest.jsonl",
         }
         images = {

@@ -57,9 +57,9 @@ class ScriptedServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 recorded = Recorded(self.command, self.path, dict(self.headers), body)
-                if self.path.endswith("/airflow-connection-test"):
+                if self.path.endswith("/aitryon-clock-probe"):
                     server.probes.append(recorded)
-                    reply = Reply(200, {"output": {"task_id": "airflow-connection-test", "task_status": "UNKNOWN"}})
+                    reply = Reply(200, {"output": {"task_id": "aitryon-clock-probe", "task_status": "UNKNOWN"}})
                 else:
                     server.requests.append(recorded)
                     reply = server.replies.popleft() if server.replies else server.default

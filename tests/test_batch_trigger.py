@@ -15,8 +15,9 @@ from airflow.sdk.module_loading import import_string
 from conftest import set_connection
 
 from airflow_provider_aitryon.budget import forget_budgets
-from airflow_provider_aitryon.catalog import Journal, journal_uri, plan_chunks, read_chunk, rows_from_journal
+from airflow_provider_aitryon.catalog import plan_chunks, read_chunk, rows_from_registry
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
+from airflow_provider_aitryon.registry import partition_registry
 from airflow_provider_aitryon.triggers.batch import DashScopeBatchTrigger
 
 
@@ -66,9 +67,8 @@ def catalog(tmp: Path, emu: Emulator, count: int, *, coarse: str | None, bad: di
 
 
 def trigger_for(chunk: str, output: str, **kwargs: Any) -> DashScopeBatchTrigger:
-    key = Path(chunk).stem
     kwargs.setdefault("expected_latency", 0.3)
-    return DashScopeBatchTrigger(chunk_uri=chunk, journal_uri=journal_uri(output, key), output=output, **kwargs)
+    return DashScopeBatchTrigger(chunk_uri=chunk, output=output, **kwargs)
 
 
 async def run_to_event(trigger: DashScopeBatchTrigger) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def test_a_chunk_is_refined_with_one_submit_per_item_and_few_queries(emulator, t
     queries = after["queries"] - before["queries"]
     # Spent where completions are due: about one query per task, never round-robin over the queue.
     assert queries <= 1.5 * 14, f"{queries} queries for 14 items"
-    rows, undone = rows_from_journal(read_chunk(chunk), Journal(journal_uri(output, Path(chunk).stem)))
+    rows, undone = rows_from_registry(read_chunk(chunk), partition_registry(output))
     assert undone == []
     for row in rows:
         saved = Path(row.image)
@@ -114,7 +114,7 @@ def test_items_without_a_coarse_image_run_both_stages(emulator, tmp_path):
     event = asyncio.run(run_to_event(trigger_for(chunk, output)))
     assert event["counts"]["succeeded"] == 3
     tasks = {t["task_id"]: t for t in emulator.tasks()}
-    rows, _ = rows_from_journal(read_chunk(chunk), Journal(journal_uri(output, Path(chunk).stem)))
+    rows, _ = rows_from_registry(read_chunk(chunk), partition_registry(output))
     for row in rows:
         coarse_task, refine_task = tasks[row.task_ids["coarse"]], tasks[row.task_ids["refine"]]
         assert coarse_task["model"] == "aitryon"
@@ -129,7 +129,7 @@ def test_permanent_failures_are_recorded_and_do_not_stop_the_chunk(emulator, tmp
     (chunk,) = plan_chunks(catalog(tmp_path, emulator, 4, coarse=coarse, bad=bad), output)
     event = asyncio.run(run_to_event(trigger_for(chunk, output)))
     assert event["counts"] == {**event["counts"], "succeeded": 3, "failed": 1, "outstanding": 0}
-    rows, _ = rows_from_journal(read_chunk(chunk), Journal(journal_uri(output, Path(chunk).stem)))
+    rows, _ = rows_from_registry(read_chunk(chunk), partition_registry(output))
     (failed,) = [r for r in rows if r.status == "failed"]
     assert (failed.sku, failed.code, failed.retryable) == ("sku-001", "InvalidPerson", False)
 
@@ -153,8 +153,8 @@ def test_a_rebuilt_trigger_resumes_and_submits_nothing_twice(emulator, tmp_path)
     asyncio.run(stop_midway())
     submitted_before_restart = emulator.stats()["submits_accepted"] - before
     assert 6 <= submitted_before_restart < 12
-    journal = Journal(journal_uri(output, Path(chunk).stem))
-    assert sum(r["event"] == "submitted" for r in journal.records) == submitted_before_restart
+    entries = partition_registry(output).entries()
+    assert sum(bool(e.task_id) for e in entries.values()) == submitted_before_restart
 
     forget_budgets()  # a new triggerer process starts with fresh budgets
     classpath, kwargs = first.serialize()

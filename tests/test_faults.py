@@ -18,8 +18,9 @@ from conftest import set_connection
 from harness import airflow_env, dags_test, migrate, task_states, xcom_value
 
 from airflow_provider_aitryon.budget import forget_budgets
-from airflow_provider_aitryon.catalog import Journal, journal_uri, plan_chunks, read_chunk, rows_from_journal
+from airflow_provider_aitryon.catalog import plan_chunks, read_chunk, rows_from_registry
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
+from airflow_provider_aitryon.registry import partition_registry
 from airflow_provider_aitryon.triggers.batch import DashScopeBatchTrigger
 
 pytestmark = pytest.mark.integration
@@ -89,7 +90,7 @@ def test_a_200_item_batch_finishes_with_nothing_lost_or_paid_twice(flaky, tmp_pa
     async def run_all() -> list[dict[str, Any]]:
         triggers = [
             DashScopeBatchTrigger(
-                chunk_uri=c, journal_uri=journal_uri(output, Path(c).stem), output=output, expected_latency=0.3
+                chunk_uri=c, output=output, expected_latency=0.3
             )
             for c in chunks
         ]
@@ -110,7 +111,7 @@ def test_a_200_item_batch_finishes_with_nothing_lost_or_paid_twice(flaky, tmp_pa
 
     rows = []
     for chunk in chunks:
-        chunk_rows, undone = rows_from_journal(read_chunk(chunk), Journal(journal_uri(output, Path(chunk).stem)))
+        chunk_rows, undone = rows_from_registry(read_chunk(chunk), partition_registry(output))
         assert undone == []  # lost = 0
         rows.extend(chunk_rows)
     assert sorted(r.sku for r in rows) == [item["sku"] for item in items]

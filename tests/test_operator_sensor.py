@@ -48,7 +48,7 @@ def test_operator_templates_every_url_and_gender():
 def test_operator_submits_and_returns_task_id(scripted, context):
     scripted.add(replies.submitted("task-42"))
     assert submit_op(bottom_garment_url="http://img.example/bottom.png").execute(context) == "task-42"
-    assert context["ti"].pushed == {"dashscope_task_id": "task-42", "request_id": "req-submit"}
+    assert context["ti"].pushed == {"dashscope_task_id": "task-42", "request_id": "req-submit", "adopted": False}
     (request,) = scripted.requests
     assert request.json()["input"]["bottom_garment_url"] == "http://img.example/bottom.png"
 

@@ -14,6 +14,7 @@ In process::
         emu.base_url                      # http://127.0.0.1:<free port>
         emu.sample_url("person.png")      # built-in deterministic sample images
         emu.update(fault_429=0.2)         # change faults/limits at runtime
+        emu.update(lost_reply_submits=1)  # the next accepted submit's reply is lost (504)
         emu.stats()                       # same dict as GET /_emulator/stats
 
 As a process: ``python -m airflow_provider_aitryon.emulator --port 0 --url-file /tmp/url``
@@ -31,6 +32,12 @@ HTTP surface (paths from ``airflow_provider_aitryon.api``):
 * ``GET /health``;
 * control, no auth, no faults, not logged: ``GET /_emulator/stats``, ``GET /_emulator/tasks``,
   ``GET /_emulator/requests``, ``GET|POST /_emulator/config``, ``POST /_emulator/reset``.
+
+Deterministic faults for money audits (see ``config``): ``lost_reply_submits`` with
+``lost_reply_kind`` (accept a submit, then lose its reply as a 504/502 page, an empty 200 or a
+dropped connection), ``clock_skew_seconds`` (the service clock, and every ``Date`` header, runs
+ahead or behind) and ``neighbor_submit_seconds`` (each lost reply comes with another submitter's
+task on the same account). ``emu.tasks_per_request()`` counts client tasks per request digest.
 
 Behavioural details (scheduling, faults, chosen error codes) are documented in ``state`` and
 ``server``; image checks and rendering in ``imaging``; sample images in ``samples``.

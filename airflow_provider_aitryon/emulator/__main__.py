@@ -4,6 +4,10 @@ Why a process mode: demos, DAG runs under a real Airflow scheduler and shell ben
 server that outlives one Python call. Scripts start it with ``--port 0 --url-file F`` and read the
 chosen URL from F (written atomically before the "listening" line is printed), and stop it with
 SIGTERM, which shuts it down cleanly with exit status 0.
+
+The deterministic money-audit faults are settable here too (``--lost-reply-submits``,
+``--lost-reply-kind``, ``--clock-skew-seconds``, ``--neighbor-submit-seconds``) and, at runtime, via
+``POST /_emulator/config``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from airflow_provider_aitryon.emulator.config import RESULT_SHAPES, EmulatorConfig
+from airflow_provider_aitryon.emulator.config import LOST_REPLY_KINDS, RESULT_SHAPES, EmulatorConfig
 from airflow_provider_aitryon.emulator.samples import make_samples
 from airflow_provider_aitryon.emulator.server import Emulator
 
@@ -80,6 +84,37 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p.add_argument(f"--fault-{kind}", type=float, default=0.0, metavar="P", help=f"probability to {what}")
     p.add_argument("--slow-seconds", type=float, default=3.0)
+    p.add_argument(
+        "--lost-reply-submits",
+        type=int,
+        default=0,
+        metavar="N",
+        help="process the next N accepted submits normally (task created and charged), then lose their reply "
+        "as --lost-reply-kind says; rejected submits do not count",
+    )
+    p.add_argument(
+        "--lost-reply-kind",
+        choices=LOST_REPLY_KINDS,
+        default="504",
+        help="how a reply is lost: 504/502 = HTML gateway error page, empty = HTTP 200 with no body, "
+        "drop = connection closed without a response (default: 504)",
+    )
+    p.add_argument(
+        "--clock-skew-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the service's wall clock runs S seconds ahead (negative: behind) of the host: task times, "
+        "list filters and the Date header all shift",
+    )
+    p.add_argument(
+        "--neighbor-submit-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="each lost reply first creates another submitter's task on the same account with the same inputs, "
+        "submitted S seconds earlier, whose result PNG differs from ours",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the fault generator")
     p.add_argument("--workers", type=int, default=4, help="render threads")
     p.add_argument("--allow-external-fetch", action="store_true", help="also fetch non-loopback image URLs")
@@ -124,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             fault_slow=args.fault_slow,
             fault_malformed=args.fault_malformed,
             slow_seconds=args.slow_seconds,
+            lost_reply_submits=args.lost_reply_submits,
+            lost_reply_kind=args.lost_reply_kind,
+            clock_skew_seconds=args.clock_skew_seconds,
+            neighbor_submit_seconds=args.neighbor_submit_seconds,
             seed=args.seed,
             workers=args.workers,
             allow_external_fetch=args.allow_external_fetch,

@@ -3,11 +3,26 @@
 Why one place: tests flip faults and limits at runtime through ``Emulator.update(...)`` while
 shell scripts do it over HTTP; both must accept exactly the same names and reject the same bad
 values, so validation lives next to the fields.
+
+Deterministic faults for the money audit (no randomness, so a test knows exactly which call is hit):
+
+* ``lost_reply_submits`` / ``lost_reply_kind``: the next N *accepted* submits are processed in full
+  (task created, charged, rendered) and then their reply is lost the way a gateway loses it:
+  ``"504"`` (HTML 504 Gateway Time-out page), ``"502"`` (HTML 502 Bad Gateway page), ``"empty"``
+  (HTTP 200, empty body) or ``"drop"`` (connection closed, no response). Rejected submits (4xx,
+  429) are answered normally and do not use up the count.
+* ``clock_skew_seconds``: the service's wall clock runs this far ahead (positive) or behind
+  (negative) the host's: every reported time, the task list's ``start_time``/``end_time`` filter and
+  the HTTP ``Date`` header of every response are shifted by it. Changes apply to the next reply.
+* ``neighbor_submit_seconds``: "another submitter on the same account". When not ``None``, each
+  lost reply is preceded by one extra task with the same inputs, submitted this many seconds before
+  ours, whose result differs in bytes from ours (it carries a marker).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT_SHAPES = ("object", "list", "flat")
+# How a gateway loses the reply of a submit the service did accept (see ``lost_reply_submits``).
+LOST_REPLY_KINDS = ("504", "502", "empty", "drop")
 FAULT_FIELDS = ("fault_5xx", "fault_429", "fault_drop", "fault_slow", "fault_malformed")
 # Fixed once the server is bound / the worker pool is running.
 STARTUP_ONLY = frozenset({"host", "port", "workers"})
@@ -52,6 +69,16 @@ class EmulatorConfig:
     # Answer the next N submits with 429 Throttling.RateQuota, as if the account's submit quota
     # were spent: a deterministic throttled submit for tests. Counts down as submits arrive.
     throttle_submits: int = 0
+    # Process the next N accepted submits normally, then lose their reply as ``lost_reply_kind``
+    # says ("504", "502", "empty" or "drop"): the task exists and is charged, the client never
+    # learns its id. Counts down per lost reply; rejected submits do not use it up.
+    lost_reply_submits: int = 0
+    lost_reply_kind: str = "504"
+    # The service's wall clock minus the host's, in seconds (reported times, list filters, Date).
+    clock_skew_seconds: float = 0.0
+    # When set, each lost reply first creates a task of "another client" on the same account with
+    # the same inputs, submitted this many seconds earlier, whose PNG differs from ours.
+    neighbor_submit_seconds: float | None = None
     seed: int = 0
     workers: int = 4
     fetch_timeout: float = 10.0
@@ -93,6 +120,14 @@ def _number(name: str, value: Any, *, low: float | None = None, high: float | No
     return float(value)
 
 
+def _finite(name: str, value: Any, *, low: float | None = None) -> float:
+    # NaN or infinity would turn every reported time (or backdated submit) into garbage.
+    number = _number(name, value, low=low)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
 def validate(cfg: EmulatorConfig) -> None:
     """Raise ``ValueError`` naming the first bad setting."""
     for name in FAULT_FIELDS:
@@ -110,6 +145,14 @@ def validate(cfg: EmulatorConfig) -> None:
         raise ValueError(f"max_running must be an integer >= 1, got {cfg.max_running!r}")
     if isinstance(cfg.throttle_submits, bool) or not isinstance(cfg.throttle_submits, int) or cfg.throttle_submits < 0:
         raise ValueError(f"throttle_submits must be an integer >= 0, got {cfg.throttle_submits!r}")
+    lost = cfg.lost_reply_submits
+    if isinstance(lost, bool) or not isinstance(lost, int) or lost < 0:
+        raise ValueError(f"lost_reply_submits must be an integer >= 0, got {lost!r}")
+    if cfg.lost_reply_kind not in LOST_REPLY_KINDS:
+        raise ValueError(f"lost_reply_kind must be one of {', '.join(LOST_REPLY_KINDS)}, got {cfg.lost_reply_kind!r}")
+    _finite("clock_skew_seconds", cfg.clock_skew_seconds)
+    if cfg.neighbor_submit_seconds is not None:
+        _finite("neighbor_submit_seconds", cfg.neighbor_submit_seconds, low=0.0)
     if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {cfg.workers!r}")
     if cfg.result_shape not in RESULT_SHAPES:

@@ -16,6 +16,12 @@ Coarse results carry two PNG text chunks (``aitryon:resolution``, ``aitryon:rest
 the refiner can enforce the vendor rule that a coarse image to refine must have been made with
 ``resolution=-1`` and ``restore_face=true``; the vendor reports a violation with the size-mismatch
 message, and so does the emulator. Images without those chunks (made elsewhere) are not judged.
+
+``marker=True`` renders the output of a task made by "another submitter" on the same account (the
+``neighbor_submit_seconds`` fault): the same picture with its top-left corner block colour-inverted
+and an ``aitryon:marker`` text chunk. Inverting 8-bit channels changes every pixel of the block
+(255 - v never equals v), so such a result always differs in bytes *and* pixels from the unmarked
+one, which is what lets an audit tell "our" result from the neighbour's.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ UNIFORM_STDDEV = 4.0
 META_RESOLUTION = "aitryon:resolution"
 META_RESTORE_FACE = "aitryon:restore_face"
 META_MODEL = "aitryon:model"
+META_MARKER = "aitryon:marker"
 
 
 class FetchError(Exception):
@@ -186,6 +193,14 @@ def _png(img: Image.Image, meta: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
+def _mark(canvas: Image.Image, meta: dict[str, str]) -> None:
+    """Brand a neighbour's output: invert the top-left corner block and say so in the metadata."""
+    side = max(4, min(canvas.width, canvas.height) // 16)
+    box = (0, 0, min(side, canvas.width), min(side, canvas.height))
+    canvas.paste(ImageOps.invert(canvas.crop(box)), box[:2])
+    meta[META_MARKER] = "neighbor"
+
+
 def render_coarse(
     person: Image.Image,
     top: Image.Image | None,
@@ -194,6 +209,7 @@ def render_coarse(
     resolution: int,
     restore_face: bool,
     model: str,
+    marker: bool = False,
 ) -> Rendered:
     """Dress the figure: bottom garment over the legs, top (or dress) over the torso."""
     person = _rgb(person)
@@ -218,6 +234,8 @@ def render_coarse(
         META_RESOLUTION: str(resolution),
         META_RESTORE_FACE: "true" if restore_face else "false",
     }
+    if marker:
+        _mark(canvas, meta)
     return Rendered(_png(canvas, meta), canvas.width, canvas.height)
 
 
@@ -237,6 +255,7 @@ def render_refined(
     bottom: Image.Image | None,
     *,
     gender: str,
+    marker: bool = False,
 ) -> Rendered:
     """Sharpen and enrich the coarse picture, pulling the worn garment towards its true colour."""
     person = _rgb(person)
@@ -254,6 +273,8 @@ def render_refined(
     tint = Image.blend(out, Image.new("RGB", out.size, tint_colour), 0.12)
     out.paste(tint, (0, 0), worn)
     meta = {META_MODEL: MODEL_REFINER, "aitryon:gender": gender}
+    if marker:
+        _mark(out, meta)
     return Rendered(_png(out, meta), out.width, out.height)
 
 
@@ -290,9 +311,10 @@ class RenderCache:
 INPUT_FIELDS = ("person_image_url", "top_garment_url", "bottom_garment_url", "coarse_image_url")
 
 
-def _cache_key(model: str, parameters: dict[str, object], raw: dict[str, bytes]) -> str:
+def _cache_key(model: str, parameters: dict[str, object], raw: dict[str, bytes], marker: bool = False) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps([model, parameters], sort_keys=True, default=str).encode())
+    # The marker is part of the key: a neighbour's marked output must never be served for ours.
+    digest.update(json.dumps([model, parameters, marker], sort_keys=True, default=str).encode())
     for field in INPUT_FIELDS:
         digest.update(field.encode() + b"\0")
         if field in raw:
@@ -306,13 +328,18 @@ def run_task(
     parameters: dict[str, object],
     fetch: Fetch,
     cache: RenderCache | None = None,
+    *,
+    marker: bool = False,
 ) -> Rendered:
-    """Fetch every input, apply the service's checks, render; raise ``TaskFailure`` on a FAILED task."""
+    """Fetch every input, apply the service's checks, render; raise ``TaskFailure`` on a FAILED task.
+
+    ``marker`` brands the output as another submitter's (see the module docstring).
+    """
     raw: dict[str, bytes] = {}
     for field in INPUT_FIELDS:
         if field in urls:
             raw[field] = _fetch_input(fetch, urls[field], field)
-    key = _cache_key(model, parameters, raw)
+    key = _cache_key(model, parameters, raw, marker)
     if cache is not None:
         hit = cache.get(key)
         if hit is not None:
@@ -344,7 +371,9 @@ def run_task(
                 f"coarse image was made with resolution={made_with[0]} restore_face={made_with[1]}; "
                 "the refiner needs resolution=-1 and restore_face=true",
             )
-        rendered = render_refined(person, coarse, top, bottom, gender=str(parameters.get("gender", "woman")))
+        rendered = render_refined(
+            person, coarse, top, bottom, gender=str(parameters.get("gender", "woman")), marker=marker
+        )
     else:
         resolution = parameters.get("resolution", -1)
         rendered = render_coarse(
@@ -354,6 +383,7 @@ def run_task(
             resolution=resolution if isinstance(resolution, int) else -1,
             restore_face=bool(parameters.get("restore_face", True)),
             model=model,
+            marker=marker,
         )
     if cache is not None:
         cache.put(key, rendered)

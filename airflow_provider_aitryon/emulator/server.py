@@ -10,6 +10,17 @@ Faults are applied only to the DashScope API routes, never to ``/samples``, ``/r
 ``/health`` or the ``/_emulator`` control routes, so a test can inject chaos into the client
 under test while its own bookkeeping stays reliable.
 
+Lost replies (``lost_reply_submits``) are executed here once the service logic has accepted the
+submit and flagged its ``Reply``: ``504`` sends a Tengine-style HTML "504 Gateway Time-out" page,
+``502`` the HTML "502 Bad Gateway" page, ``empty`` an HTTP 200 with no body, ``drop`` closes the
+connection without a response. The request log's ``fault`` says e.g. ``lost_reply_504``. Being
+deterministic, a lost reply takes precedence over a random after-the-fact ``drop``/``malformed``
+drawn for the same request (the reply is lost either way; it is counted once).
+
+Every response's ``Date`` header is the host's real time plus ``clock_skew_seconds`` (the current
+value), like a service whose clock is off, so clients that trust ``Date`` see the same skew as in
+the task times.
+
 The request log records every non-control request with its headers exactly as received (name
 case and order kept), because secrecy tests use it to prove where the API key does and does not
 travel. The one-line-per-request stderr log, by contrast, never prints headers.
@@ -39,6 +50,11 @@ CONTROL_PREFIX = "/_emulator/"
 _PROXY_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>Tengine</center>\r\n</body>\r\n</html>\r\n"
+)
+# What Alibaba's gateway (Tengine, an nginx fork) answers when the service behind it is too slow.
+_PROXY_504 = (
+    b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n"
+    b"<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>Tengine</center>\r\n</body>\r\n</html>\r\n"
 )
 
 
@@ -92,6 +108,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.connections.discard(self.connection)
         with contextlib.suppress(OSError):
             super().finish()
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header: real time shifted by the service's ``clock_skew_seconds``.
+
+        ``send_response`` (and so ``send_error``) calls this for every response, which is why the
+        skew lives here rather than in ``_send``.
+        """
+        if timestamp is None:
+            timestamp = time.time() + self.server.state.config.clock_skew_seconds
+        return super().date_time_string(timestamp)
 
     def log_message(self, format: str, *args: Any) -> None:
         # The stock access log is replaced by _log_line, which never includes headers.
@@ -256,6 +282,9 @@ class _Handler(BaseHTTPRequestHandler):
             return 502
 
         reply: Reply = call()
+        if reply.lost_reply is not None:
+            entry["fault"] = f"lost_reply_{reply.lost_reply}"
+            return self._lose_reply(reply.lost_reply)
         if plan.kind == "drop":
             if reply.accepted_task is not None:
                 state.note_lost_submit()
@@ -269,6 +298,21 @@ class _Handler(BaseHTTPRequestHandler):
             return reply.status
         self._send_json(reply.status, reply.body, reply.headers)
         return reply.status
+
+    def _lose_reply(self, kind: str) -> int | str:
+        """Lose an accepted submit's reply the way a gateway does; the task already exists."""
+        if kind == "504":
+            self._send(504, _PROXY_504, "text/html")
+            return 504
+        if kind == "502":
+            self._send(502, _PROXY_502, "text/html")
+            return 502
+        if kind == "empty":
+            # The status line and headers made it through, the JSON body did not.
+            self._send(200, b"", "application/json")
+            return 200
+        self._drop()
+        return "dropped"
 
     def _serve_sample(self, name: str) -> int:
         cfg = self.server.state.config
@@ -409,6 +453,10 @@ class Emulator:
     def tasks(self) -> list[dict[str, Any]]:
         """Same list as ``GET /_emulator/tasks``."""
         return self.state.tasks()
+
+    def tasks_per_request(self) -> dict[str, int]:
+        """Client-submitted tasks per ``request_digest`` (same as ``stats()["tasks_per_request"]``)."""
+        return self.state.tasks_per_request()
 
     def requests(self) -> list[dict[str, Any]]:
         """Same list as ``GET /_emulator/requests``."""

@@ -29,6 +29,26 @@ Error codes chosen where the vendor is silent:
 
 Every task takes ``latency`` (or ``latency_by_model[model]``) seconds of RUNNING, whether it will
 succeed or fail; a task whose inputs are bad ends FAILED after the same time.
+
+Wall-clock times: a task stores simulated-clock instants; they become the vendor's wall-clock text
+only when reported, as ``epoch + (instant - clock origin) + clock_skew_seconds`` in the
+``tz_offset_hours`` zone. The task list's ``start_time``/``end_time`` filters are read as wall times
+of that same (skewed) clock. Because the skew is added at reporting time, changing it at runtime
+shifts every later reply, old tasks included, exactly as a service whose clock was adjusted would.
+
+Lost replies (``lost_reply_submits``): the decision is taken here, after a submit was accepted and
+its task created, and handed to the HTTP layer in ``Reply.lost_reply``; a rejected submit never
+consumes it. With ``neighbor_submit_seconds`` set, a lost reply is preceded by a neighbour's task
+(same account, model and inputs, ``submitted`` backdated by that many seconds, rendered with a
+marker so its PNG differs from ours). It joins the queue just ahead of ours and runs through the
+normal scheduling, so its ``scheduled_time`` is no earlier than our submit's arrival. It counts in
+``submits_accepted`` but does not use up the account's submit rate window (its slot, that far in
+the past, would have slid out already).
+
+Every accepted submit gets a ``request_digest``: the first 16 hex digits of the sha256 of the
+canonical JSON (sorted keys, no spaces) of ``{"model", "input", "parameters"}`` as the service
+understood them (defaults filled in, empty optional URLs dropped; see ``request_digest``), so an
+audit can count how many tasks one logical request cost.
 """
 
 from __future__ import annotations
@@ -36,6 +56,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import queue
@@ -58,6 +79,7 @@ from airflow_provider_aitryon.emulator.protocol import (
     MSG_SYNC_NOT_SUPPORTED,
     MSG_TASK_NOT_FOUND,
     ApiError,
+    SubmitRequest,
     validate_submit,
 )
 from airflow_provider_aitryon.image_rules import MAX_BYTES
@@ -68,6 +90,8 @@ FAULT_KINDS = ("5xx", "429", "drop", "slow", "malformed")
 # A fetch larger than this is not read to the end: it already breaks the 5 MB rule.
 FETCH_CAP = 4 * MAX_BYTES
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+SUBMITTER_CLIENT = "client"
+SUBMITTER_NEIGHBOR = "neighbor"
 
 
 class ManualClock:
@@ -93,12 +117,17 @@ class ManualClock:
 
 @dataclass
 class Reply:
-    """What the HTTP layer should send back for one API call."""
+    """What the HTTP layer should send back for one API call.
+
+    ``lost_reply`` (one of ``config.LOST_REPLY_KINDS``) tells the HTTP layer to lose this reply
+    instead of sending it; the service side of the call has already happened.
+    """
 
     status: int
     body: dict[str, Any] | list[Any]
     headers: dict[str, str] = field(default_factory=dict)
     accepted_task: str | None = None
+    lost_reply: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +161,9 @@ class Task:
     ready_at: float | None = None
     result: Rendered | None = None
     failure: TaskFailure | None = None
+    # "client" for tasks the client under test submitted, "neighbor" for the injected other submitter.
+    submitter: str = SUBMITTER_CLIENT
+    request_digest: str = ""
 
 
 @dataclass
@@ -145,6 +177,18 @@ class Account:
 
 def _new_id() -> str:
     return str(uuid.uuid4())
+
+
+def request_digest(req: SubmitRequest) -> str:
+    """Short digest of what a submit asks for: model + input + parameters, canonical JSON, sha256[:16].
+
+    Computed over the validated request, so bodies that differ only in spelled-out defaults or an
+    empty optional URL count as the same request, as they cost the same task.
+    """
+    canonical = json.dumps(
+        {"model": req.model, "input": req.input, "parameters": req.parameters}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _error_body(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
@@ -170,6 +214,7 @@ def _fresh_counters() -> dict[str, Any]:
         "results_missing": 0,
         "fetches": 0,
         "fetch_errors": 0,
+        "neighbor_tasks": 0,
     }
 
 
@@ -242,9 +287,13 @@ class EmulatorState:
     def now(self) -> float:
         return self.config.clock()
 
+    def wall_time(self, t: float) -> float:
+        """The service's Unix time for a simulated instant, clock skew included (the current skew)."""
+        return self._epoch + (t - self._clock_origin) + self.config.clock_skew_seconds
+
     def format_time(self, t: float) -> str:
         """Wall-clock text for a simulated instant, like the vendor's "2026-01-01 10:00:00.123"."""
-        wall = self._epoch + (t - self._clock_origin)
+        wall = self.wall_time(t)
         tz = dt.timezone(dt.timedelta(hours=self.config.tz_offset_hours))
         stamp = dt.datetime.fromtimestamp(wall, tz=tz)
         return stamp.strftime("%Y-%m-%d %H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
@@ -331,6 +380,7 @@ class EmulatorState:
                 return
             model, urls, params = task.model, dict(task.input), dict(task.parameters)
             canceled = task.status == "CANCELED"
+            marker = task.submitter == SUBMITTER_NEIGHBOR
         if canceled:  # nobody will ever see this output
             with self._lock:
                 task.ready_at = self.now()
@@ -338,7 +388,7 @@ class EmulatorState:
         rendered: Rendered | None = None
         failure: TaskFailure | None = None
         try:
-            rendered = run_task(model, urls, params, self._fetch, self._render_cache)
+            rendered = run_task(model, urls, params, self._fetch, self._render_cache, marker=marker)
         except TaskFailure as exc:
             failure = exc
         except Exception as exc:  # a render bug must fail the task, not kill the worker
@@ -473,28 +523,49 @@ class EmulatorState:
                 return self._error_reply(err)
 
             self._advance(acct, now)
-            self._seq += 1
-            task = Task(
-                seq=self._seq,
-                task_id=_new_id(),
-                account=account,
-                model=req.model,
-                input=req.input,
-                parameters=req.parameters,
-                submitted=now,
-                duration=self.config.latency_for(req.model),
-                request_id=_new_id(),
-            )
-            self._tasks[task.task_id] = task
-            acct.queue.append(task)
-            self._fill(acct, now)
-            self._counters["submits_accepted"] += 1
-            by_model = self._counters["submits_by_model"]
-            by_model[req.model] = by_model.get(req.model, 0) + 1
-            self._busy += 1
-            self._jobs.put((self._generation, task.task_id))
+            digest = request_digest(req)
+            # Decided only now, once the submit is accepted: a rejected submit never uses it up.
+            lost_reply: str | None = None
+            if self.config.lost_reply_submits > 0:
+                lost_reply = self.config.lost_reply_kind
+                self.config = dataclasses.replace(self.config, lost_reply_submits=self.config.lost_reply_submits - 1)
+                self._counters["faults"]["lost_submit_responses"] += 1
+                neighbor_delay = self.config.neighbor_submit_seconds
+                if neighbor_delay is not None:
+                    # Created first so it queues ahead of ours, as its earlier submit would have.
+                    self._create_task(acct, account, req, digest, now - neighbor_delay, now, SUBMITTER_NEIGHBOR)
+                    self._counters["neighbor_tasks"] += 1
+            task = self._create_task(acct, account, req, digest, now, now, SUBMITTER_CLIENT)
             body_out = {"output": {"task_id": task.task_id, "task_status": "PENDING"}, "request_id": task.request_id}
-            return Reply(200, body_out, accepted_task=task.task_id)
+            return Reply(200, body_out, accepted_task=task.task_id, lost_reply=lost_reply)
+
+    def _create_task(
+        self, acct: Account, account: str, req: SubmitRequest, digest: str, submitted: float, now: float, submitter: str
+    ) -> Task:
+        """Create, count and queue one accepted task and hand its render to the workers (lock held)."""
+        self._seq += 1
+        task = Task(
+            seq=self._seq,
+            task_id=_new_id(),
+            account=account,
+            model=req.model,
+            input=dict(req.input),
+            parameters=dict(req.parameters),
+            submitted=submitted,
+            duration=self.config.latency_for(req.model),
+            request_id=_new_id(),
+            submitter=submitter,
+            request_digest=digest,
+        )
+        self._tasks[task.task_id] = task
+        acct.queue.append(task)
+        self._fill(acct, now)
+        self._counters["submits_accepted"] += 1
+        by_model = self._counters["submits_by_model"]
+        by_model[req.model] = by_model.get(req.model, 0) + 1
+        self._busy += 1
+        self._jobs.put((self._generation, task.task_id))
+        return task
 
     def _task_output(self, task: Task) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -583,7 +654,8 @@ class EmulatorState:
                     continue
                 if (status and task.status != status) or (model and task.model != model):
                     continue
-                wall = self._epoch + (task.submitted - self._clock_origin)
+                # start_time / end_time are the service's (skewed) wall times, like gmt_create.
+                wall = self.wall_time(task.submitted)
                 if (start is not None and wall < start) or (end is not None and wall > end):
                     continue
                 rows.append(
@@ -658,6 +730,10 @@ class EmulatorState:
         ``running_now``, ``pending_now``, ``accounts``, ``renders_in_progress``,
         ``render_cache_hits``. Downloads:
         ``results_served``, ``results_missing``; input fetches: ``fetches``, ``fetch_errors``.
+        Audit: ``tasks_per_request`` (client-submitted tasks per ``request_digest``, see
+        ``tasks_per_request()``) and ``neighbor_tasks`` (tasks created by the injected other
+        submitter of ``neighbor_submit_seconds``; they are also in ``submits_accepted``).
+        ``lost_submit_responses`` includes the replies lost by ``lost_reply_submits``.
         """
         with self._lock:
             now = self.now()
@@ -680,11 +756,32 @@ class EmulatorState:
                 "accounts": len(self._accounts),
                 "renders_in_progress": self._busy,
                 "render_cache_hits": self._render_cache.hits,
+                "tasks_per_request": self._tasks_per_request(),
             }
             return out
 
+    def _tasks_per_request(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for task in self._tasks.values():
+            if task.submitter == SUBMITTER_CLIENT:
+                counts[task.request_digest] = counts.get(task.request_digest, 0) + 1
+        return counts
+
+    def tasks_per_request(self) -> dict[str, int]:
+        """Client-submitted tasks (neighbour tasks excluded) per ``request_digest``, since start or reset.
+
+        Expired tasks still count: they were paid for. A value above 1 means one logical request
+        was turned into several billed tasks.
+        """
+        with self._lock:
+            return self._tasks_per_request()
+
     def tasks(self) -> list[dict[str, Any]]:
-        """Every task (including expired ones) with simulated times in clock seconds and as text."""
+        """Every task (including expired ones) with simulated times in clock seconds and as text.
+
+        The text times are the service's wall clock (``clock_skew_seconds`` included); ``submitter``
+        is ``"client"`` or ``"neighbor"``; ``request_digest`` identifies the logical request.
+        """
         with self._lock:
             now = self.now()
             self._advance_all(now)
@@ -714,6 +811,8 @@ class EmulatorState:
                         "failure_detail": task.failure.detail if task.failure else None,
                         "result_url": self.result_url(task.task_id) if task.status == "SUCCEEDED" else None,
                         "result_size": [task.result.width, task.result.height] if task.result else None,
+                        "submitter": task.submitter,
+                        "request_digest": task.request_digest,
                     }
                 )
             return rows

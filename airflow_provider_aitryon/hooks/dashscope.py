@@ -50,6 +50,8 @@ def _grace(settings: ConnectionSettings) -> float:
 
 # A task id that cannot exist: querying it proves the URL and the key without touching real tasks.
 _CONNECTION_PROBE_TASK_ID = "airflow-connection-test"
+# Another one, queried only for the Date header of its reply (clock calibration).
+CLOCK_PROBE_TASK_ID = "aitryon-clock-probe"
 
 
 class DashScopeHook(BaseHook):
@@ -214,7 +216,10 @@ class DashScopeHook(BaseHook):
                 except DashScopeAPIError as exc:
                     if not exc.ambiguous:
                         raise
-                    submitted = self.find_submitted(call, sent_at, time.time(), claimed=claimed, cause=exc)
+                    try:
+                        submitted = self.find_submitted(call, sent_at, time.time(), claimed=claimed, cause=exc)
+                    except DashScopeAPIError as looking:
+                        raise _unresolved(exc, looking) from None
                     if submitted is None:
                         raise
         assert submitted is not None
@@ -238,7 +243,10 @@ class DashScopeHook(BaseHook):
                 except DashScopeAPIError as exc:
                     if not exc.ambiguous:
                         raise
-                    submitted = await self.afind_submitted(call, sent_at, time.time(), claimed=claimed, cause=exc)
+                    try:
+                        submitted = await self.afind_submitted(call, sent_at, time.time(), claimed=claimed, cause=exc)
+                    except DashScopeAPIError as looking:
+                        raise _unresolved(exc, looking) from None
                     if submitted is None:
                         raise
         assert submitted is not None
@@ -256,7 +264,7 @@ class DashScopeHook(BaseHook):
         claimed: Container[str] | None = None,
         cause: Exception | None = None,
     ) -> SubmittedTask | None:
-        """The task a submit sent between ``sent_at`` and ``lost_at`` (epoch, this machine) created, if any.
+        """The task a submit sent at ``sent_at`` (epoch, this machine; its reply lost at ``lost_at``) created, if any.
 
         Looks twice, a grace period apart (a slow service may still be creating it). The window is
         read on the service's clock (`service_clock`): the offset is calibrated first, so a worker
@@ -316,11 +324,11 @@ class DashScopeHook(BaseHook):
     def _probe(self, settings: ConnectionSettings) -> None:
         """One cheap request whose only use is its Date header (the connection test's query)."""
         with contextlib.suppress(DashScopeAPIError):  # an error reply carries a Date header too
-            self._send(settings, api.query_call(_CONNECTION_PROBE_TASK_ID))
+            self._send(settings, api.query_call(CLOCK_PROBE_TASK_ID))
 
     async def _aprobe(self, settings: ConnectionSettings) -> None:
         with contextlib.suppress(DashScopeAPIError):
-            await self._asend(settings, api.query_call(_CONNECTION_PROBE_TASK_ID))
+            await self._asend(settings, api.query_call(CLOCK_PROBE_TASK_ID))
 
     def _log_submitted(self, call: api.ApiCall, submitted: SubmittedTask) -> None:
         self.log.info(
@@ -411,6 +419,22 @@ def _missing_connection(conn_id: str, exc: Exception) -> Exception:
     return exc
 
 
+def _unresolved(lost: DashScopeAPIError, looking: DashScopeAPIError) -> DashScopeAPIError:
+    """A lost submit whose lookup failed as well: still unknown, so not sent again until a later look."""
+    if not looking.retryable:  # the lookup refused to guess (several candidates, adoption off)
+        return looking
+    return DashScopeAPIError(
+        operation="submit",
+        http_status=lost.http_status,
+        message=f"{(lost.api_message or 'the reply to the submit was lost').rstrip('. ')}, and looking for the task "
+        f"it may have created failed too ({looking.api_message or looking}); not sending it again until a later "
+        "look shows no task was created",
+        retryable=True,
+        ambiguous=True,
+        unresolved=True,
+    )
+
+
 def _never_sent(exc: Exception) -> bool:
     """Failed while connecting: the request cannot have reached the service."""
     if isinstance(exc, requests.exceptions.ConnectTimeout | httpx.ConnectError | httpx.ConnectTimeout):
@@ -446,6 +470,7 @@ class _Lookup:
     ) -> None:
         self.model = str((call.body or {}).get("model") or "")
         self.sent_at, self.lost_at = sent_at, lost_at
+        self.until = lost_at
         self.claimed: Container[str] = CLAIMS if claimed is None else claimed
         self.settings = settings
         self.cause = cause
@@ -453,6 +478,9 @@ class _Lookup:
         self.claim_seen: dict[str, bool] = {}
 
     def list_call(self, clock: ServiceClock, now: float) -> api.ApiCall:
+        # A request that timed out here may still be processed there after we gave up: the task
+        # can appear any time until we look, not only while we waited for the reply.
+        self.until = max(self.lost_at, now)
         margin = _LIST_MARGIN + clock.width
         return api.list_call(model=self.model, start=self.sent_at + clock.offset - margin,
                              end=now + clock.offset + margin)  # fmt: skip
@@ -486,8 +514,8 @@ class _Lookup:
             if created is None:
                 continue
             slack = _SLACK_PRECISE if row.precise or row.created is None else _SLACK_SECONDS
-            # Created while our submit was in flight, read on the service's clock (offset in [lo, hi]).
-            if self.sent_at + clock.lo - slack <= created <= self.lost_at + clock.hi + slack:
+            # Created after our submit left, read on the service's clock (offset in [lo, hi]).
+            if self.sent_at + clock.lo - slack <= created <= self.until + clock.hi + slack:
                 candidates.append(row.task_id)
         if not candidates:
             return None

@@ -170,7 +170,13 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         else:
             entry.new_generation(fingerprint, model, owner)
         self.registry.put(key, entry)  # the intent, before anything is sent
-        submitted = hook.submit(call, claimed=self.registry.claims)
+        try:
+            submitted = hook.submit(call, claimed=self.registry.claims)
+        except DashScopeAPIError as exc:
+            if not exc.ambiguous:  # the service answered: it created nothing
+                entry.failed(exc.code or f"HTTP{exc.http_status}", str(exc), retryable=exc.retryable)
+                self.registry.put(key, entry)
+            raise
         self.registry.record_task(key, entry, submitted.task_id, submitted.request_id, adopted=submitted.adopted)
         self._push_task_id(ti, entry)
         SUBMITTED_IMAGES[model] += 1

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_aitryon import api
-from airflow_provider_aitryon.catalog import Journal, journal_uri, parts_dir, read_chunk, rows_from_journal, write_rows
+from airflow_provider_aitryon.catalog import parts_dir, read_chunk, rows_from_registry, write_rows
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.failures import AirflowException, AirflowFailException
+from airflow_provider_aitryon.registry import partition_registry
 from airflow_provider_aitryon.triggers.batch import DashScopeBatchTrigger
 
 if TYPE_CHECKING:
@@ -77,12 +78,11 @@ class RefineCatalogChunkOperator(BaseOperator):
         return PurePosixPath(str(self.chunk)).stem
 
     def execute(self, context: Context) -> None:
-        self.defer(trigger=self.make_trigger(), method_name="execute_complete")
+        self.defer(trigger=self.make_trigger(_lease_holder(context)), method_name="execute_complete")
 
-    def make_trigger(self) -> DashScopeBatchTrigger:
+    def make_trigger(self, lease_holder: str | None = None) -> DashScopeBatchTrigger:
         return DashScopeBatchTrigger(
             chunk_uri=str(self.chunk),
-            journal_uri=journal_uri(str(self.output_dir), self.chunk_key),
             output=str(self.output_dir),
             dashscope_conn_id=self.dashscope_conn_id,
             coarse_model=self.coarse_model,
@@ -94,18 +94,19 @@ class RefineCatalogChunkOperator(BaseOperator):
             end_time=time.time() + self.chunk_timeout,
             progress_interval=self.progress_interval,
             storage_conn_id=self.storage_conn_id,
+            lease_holder=lease_holder,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         items = read_chunk(str(self.chunk), conn_id=self.storage_conn_id)
-        journal = Journal(event.get("journal") or journal_uri(str(self.output_dir), self.chunk_key),
-                          conn_id=self.storage_conn_id)  # fmt: skip
-        rows, undone = rows_from_journal(items, journal)
+        registry = partition_registry(str(self.output_dir), conn_id=self.storage_conn_id)
+        rows, undone = rows_from_registry(items, registry, coarse_model=self.coarse_model)
         write_rows(f"{parts_dir(str(self.output_dir))}/{self.chunk_key}.jsonl", rows, conn_id=self.storage_conn_id)
         counts = {
             "items": len(items),
             "succeeded": sum(r.status == "succeeded" for r in rows),
             "failed": sum(r.status == "failed" for r in rows),
+            "adopted": sum(r.adopted for r in rows),
             "undone": len(undone),
             **{k: v for k, v in (event.get("counts") or {}).items() if k in ("submits", "queries")},
         }
@@ -113,9 +114,17 @@ class RefineCatalogChunkOperator(BaseOperator):
         if event.get("status") == "error":
             raise AirflowFailException(f"Chunk {self.chunk_key} stopped: {event.get('message')}")
         if undone:
-            # A retry re-defers; the new trigger replays the journal and resumes, submitting nothing twice.
+            # A retry re-defers; the new trigger replays the registry and resumes, submitting nothing twice.
             raise AirflowException(
                 f"Chunk {self.chunk_key}: {len(undone)} items are not finished ({event.get('message') or 'unknown'}); "
-                "a retry resumes them from the journal."
+                "a retry resumes them from the partition's registry."
             )
         return counts
+
+
+def _lease_holder(context: Context) -> str | None:
+    """The run that takes the partition's lease: ``<dag_id>/<run_id>``, shared by all its chunks."""
+    ti = context.get("ti")
+    if ti is None or not getattr(ti, "run_id", None):
+        return None
+    return f"{ti.dag_id}/{ti.run_id}"

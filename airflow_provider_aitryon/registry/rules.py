@@ -13,6 +13,7 @@ nothing                                submit
 ``resubmit=True`` (explicit)           submit a new generation, logged
 a different request (fingerprint)      submit (the old task belongs to another request)
 an entry older than 24 h               submit (DashScope has forgotten the task)
+a refused submit (no task id)          submit (the service created nothing)
 an intent without a task id            look the task up in the task list; never a blind resend
 a task id                              query it, then ``after_status``:
   PENDING / RUNNING / SUCCEEDED        reuse it (no second charge)
@@ -73,6 +74,9 @@ class Submission:
     message: str | None = None
     saved_uri: str | None = None
     saved_sha256: str | None = None
+    # A failure that is not the task's own status: the submit was refused, or saving the image
+    # failed. ``{"code", "message", "retryable"}``.
+    failure: dict[str, Any] | None = None
     superseded: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,6 +101,7 @@ class Submission:
         self.submitted_at = time.time()
         self.status = TaskStatus.PENDING.value
         self.image_url = self.code = self.message = self.saved_uri = self.saved_sha256 = None
+        self.failure = None
 
     def new_generation(self, fingerprint: str, model: str, owner: str | None) -> None:
         """A new submit replaces this one: keep the old task id in the audit trail."""
@@ -107,6 +112,10 @@ class Submission:
         self.task_id = self.request_id = self.submitted_at = None
         self.adopted = False
         self.status = self.image_url = self.code = self.message = self.saved_uri = self.saved_sha256 = None
+        self.failure = None
+
+    def failed(self, code: str, message: str, *, retryable: bool) -> None:
+        self.failure = {"code": code, "message": message, "retryable": retryable}
 
     @property
     def age(self) -> float:
@@ -127,6 +136,8 @@ def decide(entry: Submission | None, fingerprint: str, *, resubmit: bool = False
         return Decision.SUBMIT, "the request changed since the earlier submission"
     if entry.expired:
         return Decision.SUBMIT, "the earlier submission is older than 24 h, so DashScope no longer has it"
+    if not entry.task_id and entry.failure:
+        return Decision.SUBMIT, f"the earlier submit was refused ({entry.failure.get('code')})"
     if not entry.task_id:
         return Decision.LOOKUP, "an earlier submit was sent but its task id was never recorded"
     return Decision.CHECK, f"task {entry.task_id} was submitted earlier"

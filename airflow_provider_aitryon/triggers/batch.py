@@ -6,9 +6,12 @@ account runs 5 at a time; the rest queue at DashScope), and it spends status que
 completions are due: each task gets a predicted end time from its place in the account's queue and
 the observed task latency, and is queried then, not round-robin.
 
-Restart-safe: the kwargs name the chunk file and its journal; every submission is journaled the
-moment its task id is known, so a rebuilt trigger replays the journal and polls what was submitted
-instead of submitting it again. Yields one small event (counts and the journal's URI).
+Restart-safe and rerun-safe: every submit is recorded in the partition's submission registry
+(``<output>/registry/items/``, one entry per item and stage) before it is sent, and again the moment
+its task id is known. Whatever trigger carries an item next (rebuilt after a triggerer restart, a
+retried task, a rerun with other chunks) replays its entry with `catalog.replay` and polls what was
+submitted instead of paying for it again. While it works it renews the run's lease on the
+partition. Yields one small event (status, message and counts).
 """
 
 from __future__ import annotations
@@ -29,21 +32,34 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.budget import AccountBudget, Slot, account_budget
 from airflow_provider_aitryon.catalog import (
+    DONE as REPLAY_DONE,
+)
+from airflow_provider_aitryon.catalog import (
+    FAILED_PHASE,
+    LOOKUP,
     STAGE_COARSE,
     STAGE_REFINE,
     CatalogItem,
-    Journal,
+    image_uri,
     is_permanent,
+    load_entries,
+    partition_lease,
+    replay,
 )
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.models import Outcome, TaskResult
+from airflow_provider_aitryon.registry import Submission, SubmissionRegistry, item_key, partition_registry
+from airflow_provider_aitryon.registry.lease import PartitionLease
 
 # Item phases. An item is in exactly one; the loop below moves it along.
 QUEUED, SUBMITTING, WAITING, POLLING, SAVING, DONE, FAILED = (
     "queued", "submitting", "waiting", "polling", "saving", "done", "failed",
 )  # fmt: skip
+# How long a submit may have been in flight when a run died before recording its task id: the
+# lookup of an unrecorded submit covers this much time after the recorded intent.
+_INTENT_WINDOW_SECONDS = 15 * 60
 ACCOUNT_WIDE_CODES = {"InvalidApiKey", "AccessDenied", "Model.AccessDenied", "AccessDenied.Unpurchased", "Arrearage"}
 
 
@@ -67,6 +83,9 @@ class ItemState:
     not_before: float = 0.0  # backoff after a transient error
     errors: int = 0
     task_failures: int = 0
+    entries: dict[str, Submission] = field(default_factory=dict)  # stage → its registry entry
+    lookup: bool = False  # an earlier submit's task id was never recorded: find it before sending
+    poll_now: bool = False  # restored from the registry: ask at once instead of predicting
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -85,21 +104,24 @@ class DashScopeBatchTrigger(BaseTrigger):
     """Carry one chunk of catalog items through DashScope and save the results.
 
     :param chunk_uri: JSONL file of the chunk's items (written by the planning task).
-    :param journal_uri: the chunk's journal (see `catalog.Journal`).
-    :param output: where refined images are saved (``<output>/images/<sku>.png``).
+    :param journal_uri: unused; accepted so triggers serialized by earlier releases still load.
+    :param output: where refined images are saved (``<output>/images/<sku file name>.png``); the
+        partition's submission registry lives in ``<output>/registry``.
     :param dashscope_conn_id: connection; its budget is shared with other triggers of it.
     :param expected_latency: first guess of seconds a task runs; learned from the API's times.
     :param max_outstanding: tasks submitted but not ended, per account (account runs 5 at a time).
     :param submit_rate, query_rate, max_running: the account's limits (DashScope: 10/s, 20/s, 5).
     :param end_time: epoch seconds; then the trigger stops with a ``timeout`` event.
     :param progress_interval: seconds between progress lines in the triggerer log.
+    :param lease_holder: the run that holds the partition's lease (``<dag_id>/<run_id>``); the
+        trigger renews it while it works and stops, in one sentence, if another run holds it.
     """
 
     def __init__(
         self,
         chunk_uri: str,
-        journal_uri: str,
-        output: str,
+        journal_uri: str | None = None,
+        output: str = "",
         dashscope_conn_id: str = DEFAULT_CONN_ID,
         coarse_model: str = api.MODEL_TRYON,
         expected_latency: float = 10.0,
@@ -111,6 +133,7 @@ class DashScopeBatchTrigger(BaseTrigger):
         progress_interval: float = 30.0,
         max_task_failures: int = 2,
         storage_conn_id: str | None = None,
+        lease_holder: str | None = None,
     ) -> None:
         super().__init__()
         self.chunk_uri = chunk_uri
@@ -127,6 +150,7 @@ class DashScopeBatchTrigger(BaseTrigger):
         self.progress_interval = float(progress_interval)
         self.max_task_failures = int(max_task_failures)
         self.storage_conn_id = storage_conn_id
+        self.lease_holder = lease_holder
         self.clock = time.monotonic  # replaced in tests
         self.queries = 0
         self.submits = 0
@@ -149,6 +173,7 @@ class DashScopeBatchTrigger(BaseTrigger):
                 "progress_interval": self.progress_interval,
                 "max_task_failures": self.max_task_failures,
                 "storage_conn_id": self.storage_conn_id,
+                "lease_holder": self.lease_holder,
             },
         )
 
@@ -162,7 +187,7 @@ class DashScopeBatchTrigger(BaseTrigger):
 
 
 class BatchRun:
-    """The state of one trigger run: items, the due-time heap, in-flight requests and the journal."""
+    """The state of one trigger run: items, the due-time heap, in-flight requests and the registry."""
 
     def __init__(self, trigger: DashScopeBatchTrigger, hook: DashScopeHook) -> None:
         self.t = trigger
@@ -183,7 +208,10 @@ class BatchRun:
         self.seq = itertools.count()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.submitting: set[asyncio.Task[None]] = set()
-        self.journal: Journal | None = None
+        self.registry: SubmissionRegistry | None = None
+        self.dirty: dict[str, Submission] = {}  # registry entries changed since the last flush
+        self.lease: PartitionLease | None = None
+        self.lease_renewed = 0.0
         self.fatal: str | None = None
         self.started = self.clock()
         self.last_progress = self.started
@@ -197,46 +225,36 @@ class BatchRun:
 
         chunk_text = await asyncio.to_thread(lambda: _path(self.t.chunk_uri, self.t.storage_conn_id).read_text())
         items = [CatalogItem(**json.loads(line)) for line in chunk_text.splitlines() if line.strip()]
-        self.journal = await asyncio.to_thread(Journal, self.t.journal_uri, conn_id=self.t.storage_conn_id)
-        replay = self.journal.state()
-        for item in items:
-            self.items.append(self._restore(item, replay.get(item.sku, {})))
-        self.budget.claimed.update(
-            record["task_id"] for record in self.journal.records if record["event"] == "submitted"
+        if self.t.lease_holder:
+            self.lease = partition_lease(self.t.output, self.t.lease_holder, conn_id=self.t.storage_conn_id)
+            await asyncio.to_thread(self.lease.renew)  # another run took the partition: stop here
+            self.lease_renewed = self.clock()
+        self.registry = registry = await asyncio.to_thread(
+            partition_registry, self.t.output, conn_id=self.t.storage_conn_id
         )
+        entries = await asyncio.to_thread(load_entries, registry, items)
+        for item in items:
+            self.items.append(self._restore(item, entries.get(item.sku, {})))
 
-    def _restore(self, item: CatalogItem, stages: dict[str, dict[str, Any]]) -> ItemState:
-        """Pick up an item where the journal left it: never submit what was already submitted."""
-        state = ItemState(item=item, stage=item.first_stage)
-        for stage in (STAGE_COARSE, STAGE_REFINE):
-            entry = stages.get(stage)
-            if not entry or "submitted" not in entry:
-                continue
-            state.stage = stage
-            state.task_id = entry["submitted"]["task_id"]
-            state.task_ids[stage] = state.task_id
-            if "failed" in entry and not entry["failed"].get("retryable"):
-                state.phase = FAILED
-                return state
-            finished = entry.get("finished")
-            if finished and finished["status"] == "SUCCEEDED":
-                if stage == STAGE_COARSE:
-                    state.coarse_url = finished["image_url"]
-                    continue  # on to the refine stage (journaled or not)
-                state.result_url = finished["image_url"]
-                state.phase = DONE if "saved" in entry else SAVING
-            elif finished:
-                # Ended without an image (failed, canceled, expired). A retryable end was not
-                # charged, so it is submitted again; a permanent one stays failed.
-                state.phase = FAILED if is_permanent(finished.get("code")) else QUEUED
-                if state.phase == QUEUED:
-                    state.task_id = None
-            else:
-                state.phase = WAITING  # submitted and not seen ending: poll it
-                state.submitted_at = self.clock()
-            return state
-        if state.coarse_url and state.stage == STAGE_COARSE:
-            state.stage = STAGE_REFINE  # the coarse image exists; the refine stage was never submitted
+    def _restore(self, item: CatalogItem, entries: dict[str, Submission]) -> ItemState:
+        """Pick up an item where the registry left it: never submit what was already submitted."""
+        progress = replay(item, entries, coarse_model=self.t.coarse_model)
+        state = ItemState(item=item, stage=progress.stage, entries=dict(entries))
+        state.task_ids = {stage: e.task_id for stage, e in entries.items() if e.task_id}
+        state.coarse_url = progress.coarse_url
+        phase = progress.phase
+        if phase == FAILED_PHASE:
+            phase = progress.retry or FAILED  # a new run tries a transient failure again
+        if phase == REPLAY_DONE:
+            state.phase = DONE
+        elif phase == FAILED:
+            state.phase = FAILED
+        elif phase == WAITING:
+            # Submitted and not seen ending, or ended well and not saved: ask at once.
+            state.phase, state.task_id, state.poll_now = WAITING, progress.task_id, True
+            state.submitted_at = self.clock()
+        else:
+            state.phase, state.lookup = QUEUED, phase == LOOKUP
         return state
 
     # ------------------------------------------------------------------ main loop
@@ -246,24 +264,24 @@ class BatchRun:
             return await self._run()
         except asyncio.CancelledError:
             # The triggerer is stopping (restart, redeploy): let submits in flight land in the
-            # journal, so the trigger rebuilt elsewhere polls them instead of submitting again.
+            # registry, so the trigger rebuilt elsewhere polls them instead of submitting again.
             await self._drain()
             raise
 
     async def _drain(self) -> None:
         if self.submitting:
             await asyncio.wait(self.submitting, timeout=60)
-        if self.journal is not None:
-            await asyncio.to_thread(self.journal.flush)
+        await self._flush()
 
     async def _run(self) -> dict[str, Any]:
-        await self._load()
+        try:
+            await self._load()
+        except DashScopeConfigError as exc:  # the partition is held by another run
+            return {"status": "error", "message": str(exc), "counts": self.counts()}
         for state in self.items:
             if state.phase == WAITING:
                 self.budget.outstanding += 1
                 self._track(state)
-            elif state.phase == SAVING:
-                self._spawn(self._save(state))
         self._replan(self.clock())
         while self.fatal is None and any(s.phase not in (DONE, FAILED) for s in self.items):
             now = self.clock()
@@ -272,6 +290,7 @@ class BatchRun:
             self._launch_submits(now)
             self._launch_polls(now)
             await self._maybe_flush(now)
+            await self._maybe_renew_lease(now)
             self._maybe_report(now)
             await self._idle(now)
         if self.fatal is not None:
@@ -331,36 +350,75 @@ class BatchRun:
 
     async def _submit(self, state: ItemState, slot: Slot) -> None:
         item = state.item
+        assert self.registry is not None
+        key = item_key(item.sku, state.stage)
+        sending = False  # True once the submit itself is on its way (not the lookup before it)
         try:
             call = item.call(state.stage, coarse_image_url=state.coarse_url, coarse_model=self.t.coarse_model)
+            entry = state.entries.get(state.stage)
             async with self.budget.submit_lock():
                 try:
-                    submitted = await self.hook.asubmit(call, claimed=self.budget.claimed, retry=False)
+                    submitted = None
+                    if state.lookup and entry is not None:
+                        # An earlier submit's outcome is unknown (a run died before recording its
+                        # task id, or a lost reply could not be looked up): find it, never resend blindly.
+                        submitted = await self.hook.afind_submitted(
+                            call, entry.intent_at, entry.intent_at + _INTENT_WINDOW_SECONDS,
+                            claimed=self.registry.claims,
+                        )  # fmt: skip
+                        state.lookup = False
+                    if submitted is None:
+                        sending = True
+                        entry = self._new_generation(state, call)
+                        await asyncio.to_thread(self.registry.put, key, entry)  # the intent, before sending
+                        submitted = await self.hook.asubmit(call, claimed=self.registry.claims, retry=False)
+                        self.t.submits += 1
+                        self.budget.submitted_total += 1
                 finally:
                     self.budget.submit.done(slot)
-                self.budget.claimed.add(submitted.task_id)
+                assert entry is not None
+                # Recorded before anything else happens: a restart or rerun must not pay again.
+                await asyncio.to_thread(
+                    self.registry.record_task, key, entry, submitted.task_id, submitted.request_id,
+                    adopted=submitted.adopted,
+                )  # fmt: skip
+                self.dirty.pop(key, None)
         except DashScopeConfigError as exc:
             self.budget.outstanding -= 1
             self._fail(state, "InvalidParameter", str(exc), retryable=False)
             return
         except DashScopeAPIError as exc:
             self.budget.outstanding -= 1
+            if sending and not exc.ambiguous and state.stage in state.entries:
+                # The service answered: no task was created, so a rerun submits without a lookup.
+                state.entries[state.stage].failed(exc.code or f"HTTP{exc.http_status}", str(exc),
+                                                  retryable=exc.retryable)  # fmt: skip
+                self.dirty[key] = state.entries[state.stage]
+            # Still unknown whether the lost submit created a task: look before sending again.
+            state.lookup = state.lookup or (exc.unresolved and state.stage in state.entries)
             self._on_error(state, exc, self.budget.submit, QUEUED)
             return
-        self.t.submits += 1
-        self.budget.submitted_total += 1
         now = self.clock()
         state.task_id = submitted.task_id
         state.task_ids[state.stage] = submitted.task_id
         state.submitted_at = now
         state.started_at = None
         state.errors = 0
-        assert self.journal is not None
-        self.journal.add("submitted", item.sku, state.stage, task_id=submitted.task_id, request_id=submitted.request_id)
-        await self._flush()  # journaled before anything else happens: a restart must not resubmit
         state.phase = WAITING
         self._track(state)
         self._replan(now)
+
+    def _new_generation(self, state: ItemState, call: api.ApiCall) -> Submission:
+        """The registry entry for a submit about to be sent (a new one, or the next generation)."""
+        model = str((call.body or {}).get("model"))
+        entry = state.entries.get(state.stage)
+        if entry is None:
+            entry = Submission(scope=f"{self.t.output} sku {state.item.sku} {state.stage}",
+                               fingerprint=call.fingerprint(), model=model, owner=self.t.lease_holder)  # fmt: skip
+            state.entries[state.stage] = entry
+        else:
+            entry.new_generation(call.fingerprint(), model, self.t.lease_holder)
+        return entry
 
     async def _poll(self, state: ItemState, slot: Slot) -> None:
         assert state.task_id is not None
@@ -376,6 +434,7 @@ class BatchRun:
                 self._push_due(state, state.not_before)
             return
         state.errors = 0
+        state.poll_now = False
         now = self.clock()
         if result.outcome is Outcome.RUNNING:
             state.phase = WAITING
@@ -396,11 +455,11 @@ class BatchRun:
         self._learn_latency(result, state, now)
         self.budget.task_ended(self._end_time(result, state, now))
         self._replan(now)
-        assert self.journal is not None
-        self.journal.add(
-            "finished", state.item.sku, state.stage, task_id=state.task_id, status=result.status.value,
-            image_url=result.image_url, code=result.code, message=result.message,
-        )  # fmt: skip
+        entry = state.entries.get(state.stage)
+        if entry is not None and entry.task_id == state.task_id:
+            entry.status, entry.image_url = result.status.value, result.image_url
+            entry.code, entry.message, entry.failure = result.code, result.message, None
+            self.dirty[item_key(state.item.sku, state.stage)] = entry
         if result.outcome is Outcome.FAILURE:
             code = result.code or result.status.value
             retryable = not is_permanent(result.code) and state.task_failures < self.t.max_task_failures
@@ -424,7 +483,7 @@ class BatchRun:
     async def _save(self, state: ItemState) -> None:
         from airflow_provider_aitryon.operators.storage import save_image
 
-        destination = f"{self.t.output.rstrip('/')}/images/{_file_name(state.item.sku)}.png"
+        destination = image_uri(self.t.output, state.item.sku)
         try:
             saved = await asyncio.to_thread(
                 save_image, state.result_url or "", destination, conn_id=self.t.storage_conn_id, attempts=3
@@ -432,8 +491,10 @@ class BatchRun:
         except Exception as exc:  # the URL expired or storage refused: the paid image is not kept
             self._fail(state, "SaveFailed", str(exc), retryable=True)
             return
-        assert self.journal is not None
-        self.journal.add("saved", state.item.sku, STAGE_REFINE, uri=saved["uri"], sha256=saved["sha256"])
+        entry = state.entries.get(STAGE_REFINE)
+        if entry is not None:
+            entry.saved_uri, entry.saved_sha256, entry.failure = saved["uri"], saved["sha256"], None
+            self.dirty[item_key(state.item.sku, STAGE_REFINE)] = entry
         state.phase = DONE
 
     # ------------------------------------------------------------------ bookkeeping
@@ -487,7 +548,9 @@ class BatchRun:
                 # Running past its prediction: nearly done. Look again soon, then less and less
                 # often, so a slow spell at the service costs a few queries, not one every instant.
                 due = now + max(0.2 * latency * 2 ** min(state.late_looks, 5), 0.05)
-            if budget.ends_seen == 0 and oldest is not None and state is oldest:
+            if state.poll_now:
+                due = now  # restored from the registry: its status is not known in this run yet
+            elif budget.ends_seen == 0 and oldest is not None and state is oldest:
                 # No task has ended yet, so the latency is only the user's guess: check the oldest
                 # task about once a second until the first end teaches the real latency.
                 due = min(due, max(state.last_seen, now) + min(1.0, latency / 4))
@@ -536,21 +599,44 @@ class BatchRun:
 
     def _fail(self, state: ItemState, code: str, message: str, *, retryable: bool) -> None:
         state.phase = FAILED
-        assert self.journal is not None
-        self.journal.add("failed", state.item.sku, state.stage, code=code, message=message, retryable=retryable,
-                         task_id=state.task_id)  # fmt: skip
+        entry = state.entries.get(state.stage)
+        if entry is None:  # failed before any submit was recorded (its request could not be built)
+            entry = state.entries[state.stage] = Submission(
+                scope=f"{self.t.output} sku {state.item.sku} {state.stage}", fingerprint="unbuildable",
+                model=self.t.coarse_model if state.stage == STAGE_COARSE else api.MODEL_REFINER,
+                owner=self.t.lease_holder,
+            )  # fmt: skip
+        entry.failed(code, message, retryable=retryable)
+        self.dirty[item_key(state.item.sku, state.stage)] = entry
 
     async def _flush(self) -> None:
-        assert self.journal is not None
+        if self.registry is None:
+            return
         # One writer at a time: a slower, older snapshot must never land after a newer one.
         async with self.flush_lock:
-            if self.journal.dirty:
-                await asyncio.to_thread(self.journal.flush)
+            batch, self.dirty = self.dirty, {}
+            registry = self.registry
+
+            def write() -> None:
+                for key, entry in batch.items():
+                    registry.put(key, entry)
+
+            if batch:
+                await asyncio.to_thread(write)
         self.last_flush = self.clock()
 
     async def _maybe_flush(self, now: float) -> None:
         if now - self.last_flush >= 0.5:
             await self._flush()
+
+    async def _maybe_renew_lease(self, now: float) -> None:
+        if self.lease is None or now - self.lease_renewed < self.lease.ttl / 3:
+            return
+        self.lease_renewed = now
+        try:
+            await asyncio.to_thread(self.lease.renew)
+        except DashScopeConfigError as exc:  # another run took the partition (ours had expired)
+            self.fatal = str(exc)
 
     def counts(self) -> dict[str, int]:
         done = sum(s.phase == DONE for s in self.items)
@@ -579,7 +665,7 @@ class BatchRun:
 
     async def _finish(self, status: str, message: str | None) -> dict[str, Any]:
         if self.in_flight:
-            # Let requests in flight land (a submit's task id must reach the journal), then stop.
+            # Let requests in flight land (a submit's task id must reach the registry), then stop.
             await asyncio.wait(self.in_flight, timeout=60)
         for task in list(self.in_flight):
             task.cancel()
@@ -587,8 +673,4 @@ class BatchRun:
         # Tasks this run leaves unfinished stop counting against the shared budget.
         self.budget.outstanding -= sum(s.phase in (SUBMITTING, WAITING, POLLING) for s in self.items)
         self.budget.tracked = [s for s in self.budget.tracked if s.owner is not self]
-        return {"status": status, "message": message, "journal": self.t.journal_uri, "counts": self.counts()}
-
-
-def _file_name(sku: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in sku)[:150] or "item"
+        return {"status": status, "message": message, "counts": self.counts()}

@@ -20,13 +20,13 @@ SAMPLES = os.environ.get("AITRYON_SAMPLES_URL", "http://127.0.0.1:8089/samples")
 
 
 class DiesOnceAfterSubmitting(TryOnSubmitOperator):
-    def submit_once(self, context: Any, hook: Any, call: Any) -> str:
-        task_id = super().submit_once(context, hook, call).task_id
+    def submit_once(self, context: Any, hook: Any, call: Any) -> Any:
+        entry = super().submit_once(context, hook, call)
         marker = Path(os.environ["AITRYON_TEST_KILL_MARKER"])
         if not marker.exists():
-            marker.write_text(task_id)
+            marker.write_text(entry.task_id)
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: a lost worker
-        return task_id
+        return entry
 
 
 with DAG(

@@ -45,18 +45,18 @@ def _is_our_localexecutor_worker(pid: int) -> bool:
 
 
 class SubmitThenWorkerDies(TryOnSubmitOperator):
-    def submit_once(self, context: Any, hook: Any, call: Any) -> str:
-        task_id = super().submit_once(context, hook, call)
+    def submit_once(self, context: Any, hook: Any, call: Any) -> Any:
+        entry = super().submit_once(context, hook, call)
         kill_dir = os.environ.get("AITRYON_REAL_KILL_DIR")
         if kill_dir:
             marker = Path(kill_dir) / (re.sub(r"[^A-Za-z0-9_.-]+", "_", context["run_id"]) + ".killed")
             if not marker.exists():
-                marker.write_text(task_id)
+                marker.write_text(entry.task_id)
                 supervisor = os.getppid()
                 if _is_our_localexecutor_worker(supervisor):
                     os.kill(supervisor, signal.SIGKILL)
                 os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: a lost worker
-        return task_id
+        return entry
 
 
 with DAG(
