@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -355,6 +355,7 @@ def plan_chunks(
     chunk_size: int = 200,
     conn_id: str | None = None,
     holder: str | None = None,
+    holder_alive: Callable[[str], bool] | None = None,
 ) -> list[str]:
     """Write the chunk files of the items that still need work; return their URIs.
 
@@ -363,11 +364,12 @@ def plan_chunks(
 
     :param holder: the run asking (``<dag_id>/<run_id>``): it takes the partition's lease first, so
         a second run over the same output at the same time fails here, naming the first.
+    :param holder_alive: whether the run holding the lease still runs (see `PartitionLease.acquire`).
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise DashScopeConfigError(f"chunk_size must be a whole number of at least 1, got {chunk_size!r}; set it.")
     if holder is not None:
-        partition_lease(output, holder, conn_id=conn_id).acquire()
+        partition_lease(output, holder, conn_id=conn_id).acquire(holder_alive)
     items, bad = read_catalog(catalog, conn_id=conn_id)
     done = read_manifest(manifest_uri(output), conn_id=conn_id)
     if bad := [row for row in bad if needs_work(done.get(row.sku))]:
@@ -401,3 +403,14 @@ def rows_from_registry(
         else:
             rows.append(progress.row)
     return rows, undone
+
+
+def airflow_run_alive(ti: Any) -> Callable[[str], bool]:
+    """``holder_alive`` for a task: asks Airflow whether the run ``<dag_id>/<run_id>`` is queued or running."""
+
+    def alive(holder: str) -> bool:
+        dag_id, _, run_id = holder.partition("/")
+        state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+        return str(getattr(state, "value", state)).lower() in ("queued", "running")
+
+    return alive

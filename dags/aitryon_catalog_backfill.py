@@ -54,14 +54,16 @@ with DAG(
         }
 
     @task
-    def plan(catalog: str, output: str, params: dict[str, Any], dag_run: Any = None) -> list[str]:
+    def plan(catalog: str, output: str, params: dict[str, Any], dag_run: Any = None, ti: Any = None) -> list[str]:
         """Take the partition's lease, then chunk the items that still need work (the manifest says which)."""
-        from airflow_provider_aitryon.catalog import plan_chunks
+        from airflow_provider_aitryon.catalog import airflow_run_alive, plan_chunks
         from airflow_provider_aitryon.failures import airflow_errors
 
         holder = f"{dag_run.dag_id}/{dag_run.run_id}" if dag_run is not None else None
+        alive = airflow_run_alive(ti) if ti is not None else None
         with airflow_errors():
-            chunks = plan_chunks(catalog, output, chunk_size=int(params["chunk_size"]), holder=holder)
+            chunks = plan_chunks(catalog, output, chunk_size=int(params["chunk_size"]), holder=holder,
+                                 holder_alive=alive)  # fmt: skip
         print(f"Catalog {catalog}: {len(chunks)} chunk(s) to run; output {output}")
         return chunks
 

@@ -173,3 +173,36 @@ def make_coarse_image(env: Mapping[str, str], *, timeout: float = 120) -> str:
     if not result.image_url:
         raise RuntimeError(f"The coarse try-on {task_id} failed: {result.code} {result.message}")
     return result.image_url
+
+
+_DAG_TEST_AT = """
+import json, runpy, sys
+import pendulum
+namespace = runpy.run_path(sys.argv[1])
+dag = next(v for v in namespace.values() if type(v).__name__ == "DAG")
+when = pendulum.parse(sys.argv[2])
+run = dag.test(run_after=when, logical_date=when, run_conf=json.loads(sys.argv[3]) or None)
+sys.exit(0 if run.state == "success" else 1)
+"""
+
+
+def dag_test_command(dag_file: Path, logical_date: str, conf: Mapping[str, Any] | None = None) -> list[str]:
+    """`DAG.test()` (what `airflow dags test` runs) with a fixed logical date.
+
+    Running it again with the same date reuses the run id and clears its task instances first,
+    exactly as a user's "Clear" of that run does: the way to test what a clear or rerun pays for.
+    """
+    return [sys.executable, "-c", _DAG_TEST_AT, str(dag_file), logical_date, json.dumps(dict(conf or {}))]
+
+
+def dag_test_at(
+    env: Mapping[str, str],
+    dag_file: Path,
+    logical_date: str,
+    conf: Mapping[str, Any] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        dag_test_command(dag_file, logical_date, conf), env=dict(env), capture_output=True, text=True,
+        timeout=timeout, cwd=REPO,
+    )  # fmt: skip

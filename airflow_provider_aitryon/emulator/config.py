@@ -14,6 +14,8 @@ Deterministic faults for the money audit (no randomness, so a test knows exactly
 * ``clock_skew_seconds``: the service's wall clock runs this far ahead (positive) or behind
   (negative) the host's: every reported time, the task list's ``start_time``/``end_time`` filter and
   the HTTP ``Date`` header of every response are shifted by it. Changes apply to the next reply.
+* ``results_unavailable_status``: result downloads (``GET /results/...``) answer this HTTP status
+  (e.g. 503) while it is set: a paid task whose image cannot be fetched for now.
 * ``neighbor_submit_seconds``: "another submitter on the same account". When not ``None``, each
   lost reply is preceded by one extra task with the same inputs, submitted this many seconds before
   ours, whose result differs in bytes from ours (it carries a marker).
@@ -79,6 +81,8 @@ class EmulatorConfig:
     # When set, each lost reply first creates a task of "another client" on the same account with
     # the same inputs, submitted this many seconds earlier, whose PNG differs from ours.
     neighbor_submit_seconds: float | None = None
+    # When set, result downloads answer this HTTP status (the storage in front of results is down).
+    results_unavailable_status: int | None = None
     seed: int = 0
     workers: int = 4
     fetch_timeout: float = 10.0
@@ -153,6 +157,9 @@ def validate(cfg: EmulatorConfig) -> None:
     _finite("clock_skew_seconds", cfg.clock_skew_seconds)
     if cfg.neighbor_submit_seconds is not None:
         _finite("neighbor_submit_seconds", cfg.neighbor_submit_seconds, low=0.0)
+    status = cfg.results_unavailable_status
+    if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599):
+        raise ValueError(f"results_unavailable_status must be an HTTP error status (400-599) or None, got {status!r}")
     if isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {cfg.workers!r}")
     if cfg.result_shape not in RESULT_SHAPES:

@@ -216,6 +216,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/samples/") and method in ("GET", "HEAD"):
             return self._serve_sample(path[len("/samples/") :])
         if path.startswith("/results/") and method in ("GET", "HEAD"):
+            if (unavailable := state.config.results_unavailable_status) is not None:
+                self._send_json(unavailable, {"code": "ServiceUnavailable", "message": "Please try again later."})
+                return unavailable
             name = path[len("/results/") :]
             png = state.result_png(name[: -len(".png")]) if name.endswith(".png") else None
             if png is None:

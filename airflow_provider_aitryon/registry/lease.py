@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,13 @@ from airflow_provider_aitryon.errors import DashScopeConfigError
 
 DEFAULT_TTL_SECONDS = 15 * 60
 _KEEP_GENERATIONS = 5
+
+
+def _alive(check: Callable[[str], bool], holder: str) -> bool:
+    try:
+        return bool(check(holder))
+    except Exception:  # cannot tell: a live lease stands
+        return True
 
 
 class PartitionBusy(DashScopeConfigError):
@@ -92,11 +100,17 @@ class PartitionLease:
 
     # ------------------------------------------------------------------ taking, keeping, giving back
 
-    def acquire(self) -> None:
-        """Take the lease, or raise PartitionBusy naming the run that holds it."""
+    def acquire(self, holder_alive: Callable[[str], bool] | None = None) -> None:
+        """Take the lease, or raise PartitionBusy naming the run that holds it.
+
+        :param holder_alive: tells whether the run holding a live lease is still running (Airflow
+            knows: a run marked failed, or finished without giving the lease back, holds nothing);
+            without it a lease is held until it expires.
+        """
         for _ in range(5):
             state = self.current()
-            if state is not None and state.live and state.holder != self.holder:
+            held = state is not None and state.live and state.holder != self.holder
+            if held and (holder_alive is None or _alive(holder_alive, state.holder)):  # type: ignore[union-attr]
                 raise self._busy(state)
             generation = (state.generation if state else 0) + 1
             if self._create(generation):
