@@ -82,13 +82,20 @@ with DAG(
     def finalize(catalog: str, output: str, dag_run: Any = None) -> dict[str, Any]:
         """Merge the chunks' rows into manifest.jsonl, give the partition back; fail if an item is undone."""
         from airflow_provider_aitryon.catalog import merge_manifest, partition_lease, read_catalog
-        from airflow_provider_aitryon.failures import AirflowException
+        from airflow_provider_aitryon.failures import AirflowException, AirflowFailException
         from airflow_provider_aitryon.pricing import estimate_cost, format_cost
 
+        lease = partition_lease(output, f"{dag_run.dag_id}/{dag_run.run_id}") if dag_run is not None else None
+        holder = lease.current() if lease is not None else None
+        if lease is not None and holder is not None and holder.live and holder.holder != lease.holder:
+            # plan refused this run: the manifest is the other run's to write.
+            raise AirflowFailException(
+                f"This run did not refine {output}: {holder.holder} holds it; its own finalize writes the manifest."
+            )
         items, bad = read_catalog(catalog)
         rows = merge_manifest(output)
-        if dag_run is not None:
-            partition_lease(output, f"{dag_run.dag_id}/{dag_run.run_id}").release()
+        if lease is not None:
+            lease.release()
         skus = [item.sku for item in items] + [row.sku for row in bad]
         undone = [sku for sku in skus if sku not in rows]
         succeeded = [rows[sku] for sku in skus if sku in rows and rows[sku]["status"] == "succeeded"]

@@ -9,7 +9,10 @@ created for the request and with the bytes saved on disk, never with log lines a
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +20,10 @@ from typing import Any
 
 import pytest
 import requests
-from harness import REPO, airflow_env, dag_test_at, make_coarse_image, migrate, task_states
+from harness import REPO, airflow_env, dag_test_at, dag_test_command, make_coarse_image, migrate, task_states
 
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
+from airflow_provider_aitryon.registry import sku_file_stem
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +46,13 @@ def home(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def coarse_url(emulator: Emulator, home: Path) -> str:
-    return make_coarse_image(airflow_env(home, emulator.base_url, api_key=API_KEY))
+def coarse_url(emulator: Emulator, home: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A coarse try-on, served as a sample: the result downloads a test breaks must not break it."""
+    made = make_coarse_image(airflow_env(home, emulator.base_url, api_key=API_KEY))
+    samples = tmp_path_factory.mktemp("samples")
+    (samples / "audit-coarse.png").write_bytes(requests.get(made, timeout=10).content)
+    emulator.update(samples_dir=str(samples))
+    return emulator.sample_url("audit-coarse.png")
 
 
 @pytest.fixture(autouse=True)
@@ -174,3 +183,128 @@ def xcom(home: Path, dag_id: str, task_id: str, key: str) -> Any:
     from harness import xcom_value
 
     return xcom_value(home, dag_id, task_id, key)
+
+
+# ------------------------------------------------------------------------------ catalog backfill
+
+
+def write_catalog(path: Path, emulator: Emulator, coarse_url: str, skus: list[str]) -> dict[str, str]:
+    """One line per sku, each with a person URL of its own (so each is a request of its own)."""
+    persons = {sku: f"{unique_person(emulator)}&n={i}" for i, sku in enumerate(skus)}
+    top = emulator.sample_url("top.png")
+    lines = [
+        json.dumps({"sku": sku, "person_image_url": persons[sku], "top_garment_url": top,
+                    "coarse_image_url": coarse_url, "gender": "woman"})
+        for sku in skus
+    ]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+    return persons
+
+
+def manifest(output: Path) -> dict[str, dict[str, Any]]:
+    rows = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    return {row["sku"]: row for row in rows}
+
+
+def assert_paid_once_and_saved(emulator: Emulator, output: Path, persons: dict[str, str]) -> None:
+    """Every item: exactly one paid task, its image saved under its own name, byte for byte."""
+    rows = manifest(output)
+    files = {p.name for p in (output / "images").glob("*.png")}
+    assert len(files) == len(persons)
+    for sku, person in persons.items():
+        (task,) = paid_tasks(emulator, person)
+        row = rows[sku]
+        assert row["status"] == "succeeded", row
+        assert row["task_ids"]["refine"] == task["task_id"]
+        image = Path(row["image"])
+        assert image.name == f"{sku_file_stem(sku)}.png"
+        assert image.read_bytes() == result_bytes(emulator, task["task_id"])
+
+
+def backfill_env(home: Path, emulator: Emulator) -> dict[str, str]:
+    env = airflow_env(home, emulator.base_url, api_key=API_KEY)
+    extra = {"backoff_base": 0.2, "backoff_max": 1.0, "lost_submit_grace": 0.5}
+    conn = {"conn_type": "dashscope", "host": emulator.base_url, "password": API_KEY, "extra": extra}
+    env["AIRFLOW_CONN_DASHSCOPE_DEFAULT"] = json.dumps(conn)
+    return env
+
+
+def test_1_a_rerun_after_a_failed_download_downloads_again_and_pays_nothing(emulator, home, coarse_url, tmp_path):
+    catalog, output = tmp_path / "catalog.jsonl", tmp_path / "out"
+    persons = write_catalog(catalog, emulator, coarse_url, ["s1", "s2", "s3"])
+    conf = {"catalog": str(catalog), "output": str(output), "chunk_size": 2, "expected_latency": 0.5}
+    emulator.update(results_unavailable_status=503)  # every task SUCCEEDS, no image can be fetched
+    first = dag_test_at(backfill_env(home, emulator), BACKFILL_DAG, "2026-05-01T00:00:00+00:00", conf)
+    assert first.returncode == 0, tail(first)
+    assert {row["code"] for row in manifest(output).values()} == {"SaveFailed"}
+    assert all(row["retryable"] for row in manifest(output).values())
+
+    emulator.update(results_unavailable_status=None)
+    rerun = dag_test_at(backfill_env(home, emulator), BACKFILL_DAG, "2026-05-02T00:00:00+00:00", conf)
+    assert rerun.returncode == 0, tail(rerun)
+    assert_paid_once_and_saved(emulator, output, persons)
+
+
+def test_2_a_killed_run_rerun_with_a_new_line_pays_only_for_the_new_item(emulator, home, coarse_url, tmp_path):
+    catalog, output = tmp_path / "catalog.jsonl", tmp_path / "out"
+    persons = write_catalog(catalog, emulator, coarse_url, ["k1", "k2", "k3"])
+    conf = {"catalog": str(catalog), "output": str(output), "chunk_size": 3, "expected_latency": 4.0}
+    emulator.update(latency=4.0)
+    when = "2026-05-03T00:00:00+00:00"
+    run = subprocess.Popen(dag_test_command(BACKFILL_DAG, when, conf), env=backfill_env(home, emulator), cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while sum(len(paid_tasks(emulator, p)) for p in persons.values()) < 3:
+            assert time.monotonic() < deadline and run.poll() is None, "the run did not submit its items"
+            time.sleep(0.1)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # mid-wait: three tasks paid, none saved
+        run.wait(30)
+    assert not (output / "manifest.jsonl").exists()
+
+    persons.update(write_catalog_line(catalog, emulator, coarse_url, "k4"))
+    emulator.update(latency=0.5)
+    rerun = dag_test_at(backfill_env(home, emulator), BACKFILL_DAG, when, {**conf, "chunk_size": 2})
+    assert rerun.returncode == 0, tail(rerun)
+    assert_paid_once_and_saved(emulator, output, persons)  # 4 tasks for 4 items: only k4 was new
+
+
+def write_catalog_line(catalog: Path, emulator: Emulator, coarse_url: str, sku: str) -> dict[str, str]:
+    person = f"{unique_person(emulator)}&n=added"
+    line = {"sku": sku, "person_image_url": person, "top_garment_url": emulator.sample_url("top.png"),
+            "coarse_image_url": coarse_url, "gender": "woman"}  # fmt: skip
+    with catalog.open("a") as out:
+        out.write(json.dumps(line) + "\n")
+    return {sku: person}
+
+
+def test_3_two_runs_over_one_partition_at_once_pay_once(emulator, home, coarse_url, tmp_path):
+    catalog, output = tmp_path / "catalog.jsonl", tmp_path / "out"
+    persons = write_catalog(catalog, emulator, coarse_url, [f"c{i}" for i in range(4)])
+    conf = {"catalog": str(catalog), "output": str(output), "chunk_size": 2, "expected_latency": 1.0}
+    emulator.update(latency=1.0)
+    env = backfill_env(home, emulator)
+    pipe = {"env": env, "cwd": REPO, "text": True, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+    runs = [
+        subprocess.Popen(dag_test_command(BACKFILL_DAG, when, conf), **pipe)  # type: ignore[call-overload]
+        for when in ("2026-05-04T00:00:00+00:00", "2026-05-05T00:00:00+00:00")
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    codes = sorted(run.returncode for run in runs)
+    assert codes[0] == 0 and codes[1] != 0, [o[-3000:] for o in outputs]
+    refused = outputs[[run.returncode for run in runs].index(codes[1])]
+    assert "is being refined by aitryon_catalog_backfill/manual__2026-05-0" in refused
+    assert_paid_once_and_saved(emulator, output, persons)
+
+
+def test_8_skus_that_read_alike_get_files_of_their_own(emulator, home, coarse_url, tmp_path):
+    long_a, long_b = "L" * 150 + "a" * 150, "L" * 150 + "b" * 150
+    skus = ["a/b", "a b", "a:b", "a\\b", "a_b", long_a, long_b]
+    catalog, output = tmp_path / "catalog.jsonl", tmp_path / "out"
+    persons = write_catalog(catalog, emulator, coarse_url, skus)
+    conf = {"catalog": str(catalog), "output": str(output), "chunk_size": 4, "expected_latency": 0.5}
+    run = dag_test_at(backfill_env(home, emulator), BACKFILL_DAG, "2026-05-06T00:00:00+00:00", conf)
+    assert run.returncode == 0, tail(run)
+    assert_paid_once_and_saved(emulator, output, persons)  # 7 successes, 7 files, each its own bytes
+    assert len({manifest(output)[sku]["image"] for sku in skus}) == 7
