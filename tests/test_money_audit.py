@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -308,3 +309,26 @@ def test_8_skus_that_read_alike_get_files_of_their_own(emulator, home, coarse_ur
     assert run.returncode == 0, tail(run)
     assert_paid_once_and_saved(emulator, output, persons)  # 7 successes, 7 files, each its own bytes
     assert len({manifest(output)[sku]["image"] for sku in skus}) == 7
+
+
+# ------------------------------------------------------------------------------ inspecting the registry
+
+
+def test_the_registry_can_be_listed_and_purged_where_airflow_runs(emulator, home, coarse_url, tmp_path):
+    env = env_for(home, emulator, tmp_path)
+    old = {"scope": "some_dag/old_run/submit", "fingerprint": "f" * 64, "model": "aitryon-refiner",
+           "task_id": "long-gone", "submitted_at": time.time() - 25 * 3600}  # fmt: skip
+    from harness import airflow
+
+    assert airflow(env, "variables", "set", "aitryon_submission_old", json.dumps(old)).returncode == 0
+    cli = [sys.executable, "-m", "airflow_provider_aitryon.registry"]
+    listed = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert "some_dag/old_run/submit  task long-gone" in listed.stdout
+    assert "aitryon_money_audit/manual__2026-04-04" in listed.stdout  # test 4's entry, kept after success
+    assert "aitryon_claim_" in listed.stdout
+    purged = subprocess.run([*cli, "purge"], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert purged.returncode == 0, purged.stderr[-3000:]
+    assert "Deleted 1 expired registry Variables." in purged.stdout
+    again = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert "long-gone" not in again.stdout and "aitryon_money_audit/manual__2026-04-04" in again.stdout

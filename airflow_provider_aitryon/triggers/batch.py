@@ -457,7 +457,10 @@ class BatchRun:
         self._replan(now)
         entry = state.entries.get(state.stage)
         if entry is not None and entry.task_id == state.task_id:
-            entry.status, entry.image_url = result.status.value, result.image_url
+            # Only a coarse result's URL is kept (the refine request needs it); a refined image is
+            # fetched through a fresh query, so its signed URL is never written down.
+            entry.status = result.status.value
+            entry.image_url = result.image_url if state.stage == STAGE_COARSE else None
             entry.code, entry.message, entry.failure = result.code, result.message, None
             self.dirty[item_key(state.item.sku, state.stage)] = entry
         if result.outcome is Outcome.FAILURE:
