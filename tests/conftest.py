@@ -90,3 +90,27 @@ class FakeTI:
 @pytest.fixture
 def context() -> dict[str, Any]:
     return {"ti": FakeTI()}
+
+
+def quiet_emulator_config(**overrides: Any) -> Any:
+    """An emulator for unit tests: fast tasks, no rate limits, no request lines on stderr."""
+    from airflow_provider_aitryon.emulator import EmulatorConfig
+
+    base: dict[str, Any] = {"latency": 0.1, "log_requests": False, "submit_rate": None, "query_rate": None}
+    base.update(overrides)
+    return EmulatorConfig(**base)
+
+
+@pytest.fixture
+def emu() -> Iterator[Any]:
+    from airflow_provider_aitryon.emulator import Emulator
+
+    with Emulator(quiet_emulator_config()) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def clock() -> Any:
+    from airflow_provider_aitryon.emulator import ManualClock
+
+    return ManualClock(1000.0)

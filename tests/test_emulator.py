@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import quiet_emulator_config as config
 from PIL import Image
 
 from airflow_provider_aitryon.api import (
@@ -26,7 +27,7 @@ from airflow_provider_aitryon.api import (
     cancel_path,
     task_path,
 )
-from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig, ManualClock, make_samples, sample_images
+from airflow_provider_aitryon.emulator import Emulator, ManualClock, make_samples, sample_images
 from airflow_provider_aitryon.emulator.imaging import is_uniform, run_task
 from airflow_provider_aitryon.image_rules import check_image
 
@@ -89,21 +90,7 @@ def result_url(body: dict[str, Any]) -> str:
     return str(body["output"]["results"]["image_url"])
 
 
-def config(**kw: Any) -> EmulatorConfig:
-    base: dict[str, Any] = {"latency": 0.1, "log_requests": False, "submit_rate": None, "query_rate": None}
-    base.update(kw)
-    return EmulatorConfig(**base)
 
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(config()) as e:
-        yield e
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(1000.0)
 
 
 @pytest.fixture

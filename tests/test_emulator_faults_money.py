@@ -18,63 +18,23 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import quiet_emulator_config as config
 from PIL import Image
+from test_emulator import KEY, coarse_body, headers, query, submit, submit_ok, wait_terminal
 
 from airflow_provider_aitryon.api import MODEL_TRYON, SUBMIT_PATH, TASKS_PATH, task_path
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig, ManualClock, sample_images
 from airflow_provider_aitryon.emulator.__main__ import build_parser
 from airflow_provider_aitryon.emulator.imaging import META_MARKER, RenderCache, run_task
 
-KEY = "sk-emulator-money-0001"
 EPOCH = 1767232800.0  # 2026-01-01 02:00:00 UTC = 10:00:00 in the service's +08:00 zone
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
-def headers(key: str = KEY, *, async_: bool = True) -> dict[str, str]:
-    out = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-    if async_:
-        out["X-DashScope-Async"] = "enable"
-    return out
-
-
-def coarse_body(emu: Emulator, person: str = "person.png", **params: Any) -> dict[str, Any]:
-    return {
-        "model": MODEL_TRYON,
-        "input": {
-            "person_image_url": emu.sample_url(person),
-            "top_garment_url": emu.sample_url("top.png"),
-            "bottom_garment_url": emu.sample_url("bottom.png"),
-        },
-        "parameters": params,
-    }
-
-
-def submit(emu: Emulator, body: Any, *, key: str = KEY, async_: bool = True) -> requests.Response:
-    return requests.post(emu.base_url + SUBMIT_PATH, json=body, headers=headers(key, async_=async_), timeout=10)
-
-
-def submit_ok(emu: Emulator, body: Any) -> str:
-    r = submit(emu, body)
-    assert r.status_code == 200, r.text
-    return str(r.json()["output"]["task_id"])
-
-
-def query(emu: Emulator, task_id: str) -> dict[str, Any]:
-    r = requests.get(emu.base_url + task_path(task_id), headers=headers(async_=False), timeout=10)
-    assert r.status_code == 200, r.text
-    out: dict[str, Any] = r.json()
-    return out
-
-
 def wait_succeeded(emu: Emulator, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = query(emu, task_id)
-        status = body["output"]["task_status"]
-        if status in ("SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN") or time.monotonic() > deadline:
-            assert status == "SUCCEEDED", body
-            return body
-        time.sleep(0.05)
+    body = wait_terminal(emu, task_id, timeout)
+    assert body["output"]["task_status"] == "SUCCEEDED", body
+    return body
 
 
 def list_tasks(emu: Emulator, **params: str) -> dict[str, Any]:
@@ -82,12 +42,6 @@ def list_tasks(emu: Emulator, **params: str) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     out: dict[str, Any] = r.json()
     return out
-
-
-def config(**kw: Any) -> EmulatorConfig:
-    base: dict[str, Any] = {"latency": 0.1, "log_requests": False, "submit_rate": None, "query_rate": None}
-    base.update(kw)
-    return EmulatorConfig(**base)
 
 
 def parse_time(text: str) -> float:
@@ -112,17 +66,6 @@ def submit_log(emu: Emulator, timeout: float = 5.0) -> list[dict[str, Any]]:
         if all(e["status"] is not None for e in entries) or time.monotonic() > deadline:
             return entries
         time.sleep(0.01)
-
-
-@pytest.fixture
-def emu() -> Iterator[Emulator]:
-    with Emulator(config()) as e:
-        yield e
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(1000.0)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from typing import Any
 
 import httpx
@@ -276,10 +276,8 @@ class DashScopeHook(BaseHook):
         """
         settings = self.settings
         clock = service_clock(settings.base_url)
-        for _ in range(_CALIBRATION_PROBES):
-            if clock.width <= _PRECISE_ENOUGH:
-                break
-            time.sleep(max(0.0, clock.calibrate_at(time.time()) - time.time()))
+        for delay in _calibration_delays(clock):
+            time.sleep(delay)
             self._probe(settings)
         lookup = _Lookup(call, sent_at, lost_at, claimed, settings, cause)
         for _ in range(_LOOKS):
@@ -304,10 +302,8 @@ class DashScopeHook(BaseHook):
         """Async twin of find_submitted()."""
         settings = await self.asettings()
         clock = service_clock(settings.base_url)
-        for _ in range(_CALIBRATION_PROBES):
-            if clock.width <= _PRECISE_ENOUGH:
-                break
-            await asyncio.sleep(max(0.0, clock.calibrate_at(time.time()) - time.time()))
+        for delay in _calibration_delays(clock):
+            await asyncio.sleep(delay)
             await self._aprobe(settings)
         lookup = _Lookup(call, sent_at, lost_at, claimed, settings, cause)
         for _ in range(_LOOKS):
@@ -454,6 +450,14 @@ def _transport_error(call: api.ApiCall, settings: ConnectionSettings, exc: Excep
         retryable=not broken_setup,
         ambiguous=not broken_setup and not _never_sent(exc),
     )
+
+
+def _calibration_delays(clock: ServiceClock) -> Iterator[float]:
+    """Before a lookup: how long to wait before each clock probe, until the offset is known well enough."""
+    for _ in range(_CALIBRATION_PROBES):
+        if clock.width <= _PRECISE_ENOUGH:
+            return
+        yield max(0.0, clock.calibrate_at(time.time()) - time.time())
 
 
 class _Lookup:
