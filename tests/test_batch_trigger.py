@@ -172,3 +172,24 @@ def test_account_wide_errors_stop_the_chunk(emulator, tmp_path, monkeypatch):
     event = asyncio.run(run_to_event(trigger_for(chunk, output)))
     assert event["status"] == "error"
     assert "InvalidApiKey" in event["message"]
+
+
+def test_without_time_fields_in_the_replies_a_chunk_still_finishes_promptly(emulator, tmp_path):
+    """The vendor's examples carry no submit/scheduled/end times: the model must not need them.
+
+    Seen RUNNING without times, a task started after it was submitted; guessing "half-way since
+    clock zero" put its start at half the machine's uptime and its next query minutes away.
+    """
+    coarse = coarse_image(emulator)
+    emulator.update(report_times=False, latency=0.5)
+    before = emulator.stats()
+    output = str(tmp_path / "out")
+    (chunk,) = plan_chunks(catalog(tmp_path, emulator, 12, coarse=coarse), output, chunk_size=50)
+
+    async def bounded() -> dict[str, Any]:
+        return await asyncio.wait_for(run_to_event(trigger_for(chunk, output, expected_latency=0.5)), 60)
+
+    event = asyncio.run(bounded())
+    assert event["counts"]["succeeded"] == 12
+    queries = emulator.stats()["queries"] - before["queries"]
+    assert queries <= 3 * 12, f"{queries} queries for 12 items"

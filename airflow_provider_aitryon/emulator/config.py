@@ -81,6 +81,9 @@ class EmulatorConfig:
     # When set, each lost reply first creates a task of "another client" on the same account with
     # the same inputs, submitted this many seconds earlier, whose PNG differs from ours.
     neighbor_submit_seconds: float | None = None
+    # Task queries carry submit_time / scheduled_time / end_time; off, they carry none (the vendor
+    # page's examples show none), so a client must not depend on them.
+    report_times: bool = True
     # When set, result downloads answer this HTTP status (the storage in front of results is down).
     results_unavailable_status: int | None = None
     seed: int = 0
@@ -157,6 +160,8 @@ def validate(cfg: EmulatorConfig) -> None:
     _finite("clock_skew_seconds", cfg.clock_skew_seconds)
     if cfg.neighbor_submit_seconds is not None:
         _finite("neighbor_submit_seconds", cfg.neighbor_submit_seconds, low=0.0)
+    if not isinstance(cfg.report_times, bool):
+        raise ValueError(f"report_times must be true or false, got {cfg.report_times!r}")
     status = cfg.results_unavailable_status
     if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599):
         raise ValueError(f"results_unavailable_status must be an HTTP error status (400-599) or None, got {status!r}")

@@ -568,11 +568,10 @@ class EmulatorState:
         return task
 
     def _task_output(self, task: Task) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "task_id": task.task_id,
-            "task_status": task.status,
-            "submit_time": self.format_time(task.submitted),
-        }
+        out: dict[str, Any] = {"task_id": task.task_id, "task_status": task.status}
+        if not self.config.report_times:  # the seed's examples show no time fields at all
+            return out
+        out["submit_time"] = self.format_time(task.submitted)
         if task.started is not None:
             out["scheduled_time"] = self.format_time(task.started)
         if task.ended is not None:

@@ -252,7 +252,10 @@ class BatchRun:
         elif phase == WAITING:
             # Submitted and not seen ending, or ended well and not saved: ask at once.
             state.phase, state.task_id, state.poll_now = WAITING, progress.task_id, True
-            state.submitted_at = self.clock()
+            # When it was submitted, moved onto this run's clock (the registry keeps epoch seconds).
+            recorded = entries[progress.stage].submitted_at if progress.stage in entries else None
+            now = self.clock()
+            state.submitted_at = now - max(0.0, time.time() - recorded) if recorded else now
         else:
             state.phase, state.lookup = QUEUED, phase == LOOKUP
         return state
@@ -569,7 +572,9 @@ class BatchRun:
         if submitted is not None and scheduled is not None and scheduled >= submitted:
             # Differences of the service's times only: its clock and zone are not ours.
             return min(now, state.submitted_at + (scheduled - submitted))
-        return (max(state.last_seen, state.not_started_by) + now) / 2  # it started since we last looked
+        # It started after it was submitted and after we last saw it not running: never before
+        # that (a default 0 would put the start at half the machine's uptime on this clock).
+        return (max(state.last_seen, state.not_started_by, state.submitted_at) + now) / 2
 
     def _end_time(self, result: TaskResult, state: ItemState, now: float) -> float:
         """When a task that is seen ended freed its slot, on our clock."""
