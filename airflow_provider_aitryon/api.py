@@ -172,7 +172,7 @@ def require_task_id(value: object, field_name: str = "dashscope_task_id") -> str
             "(for example submit.output)."
         )
     task_id = value.strip()
-    if "/" in task_id or "?" in task_id or "#" in task_id or len(task_id) > 128:
+    if not _valid_task_id(task_id):
         raise DashScopeConfigError(
             f"{field_name} {_short(task_id)!r} is not a DashScope task id; pass the id the submit task returned."
         )
@@ -328,7 +328,7 @@ def listed_tasks(payload: Mapping[str, Any]) -> list[ListedTask]:
         if not isinstance(row, Mapping):
             continue
         task_id = row.get("task_id")
-        if not isinstance(task_id, str) or not task_id:
+        if not isinstance(task_id, str) or not _valid_task_id(task_id):
             continue
         text = next((row[k] for k in ("gmt_create", "submit_time", "create_time") if row.get(k)), None)
         created = parse_service_time(text)
@@ -351,6 +351,10 @@ def parse_service_time(text: object) -> float | None:
         except ValueError:
             continue
     return None
+
+
+def _valid_task_id(task_id: str) -> bool:
+    return not any(c in task_id for c in "/?#") and 0 < len(task_id) <= 128
 
 
 def query_call(task_id: str) -> ApiCall:
@@ -464,6 +468,17 @@ def parse_submitted(payload: Mapping[str, Any]) -> SubmittedTask:
         raise DashScopeAPIError(
             operation="submit",
             message="the response had no output.task_id",
+            request_id=_str_or_none(payload.get("request_id")),
+            retryable=False,
+        )
+    if not _valid_task_id(task_id):
+        # It could never be queried (it would change the URL's path): end here, in one sentence,
+        # rather than wait for it until the deadline.
+        raise DashScopeAPIError(
+            operation="submit",
+            message=f"the service answered with task id {_short(task_id)!r}, which cannot be a task id (it holds "
+            "'/', '?' or '#' or is over 128 characters), so the task cannot be followed; report it to DashScope "
+            "with the request id",
             request_id=_str_or_none(payload.get("request_id")),
             retryable=False,
         )

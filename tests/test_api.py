@@ -466,3 +466,11 @@ def test_retry_after_http_date_in_the_future():
 def test_retry_after_http_date_in_the_past_is_zero():
     when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     assert api.retry_after_seconds({"Retry-After": format_datetime(when, usegmt=True)}) == 0.0
+
+
+@pytest.mark.parametrize("task_id", ["a/b", "x?y", "h#t", "t" * 129])
+def test_a_submit_answered_with_an_impossible_task_id_ends_in_one_sentence(task_id):
+    with pytest.raises(DashScopeAPIError, match="cannot be a task id") as info:
+        api.parse_submitted({"output": {"task_id": task_id, "task_status": "PENDING"}, "request_id": "r-1"})
+    assert info.value.retryable is False
+    assert "[request_id r-1]" in str(info.value)
