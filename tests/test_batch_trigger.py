@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +194,18 @@ def test_without_time_fields_in_the_replies_a_chunk_still_finishes_promptly(emul
     assert event["counts"]["succeeded"] == 12
     queries = emulator.stats()["queries"] - before["queries"]
     assert queries <= 3 * 12, f"{queries} queries for 12 items"
+
+
+def test_failures_are_logged_by_class_while_the_chunk_works(emulator, tmp_path, capsys):
+    coarse = coarse_image(emulator)
+    output = str(tmp_path / "out")
+    (chunk,) = plan_chunks(catalog(tmp_path, emulator, 6, coarse=coarse), output)
+    emulator.update(fault_5xx=0.3, seed=3)
+    event = asyncio.run(run_to_event(trigger_for(chunk, output, progress_interval=0.5)))
+    assert event["counts"]["succeeded"] == 6
+    lines = [line for line in capsys.readouterr().out.splitlines() if "Chunk failures in the last" in line]
+    assert lines, "the 5xx answers were never reported"
+    assert any("HTTP 500 InternalError" in line or "HTTP 503 ModelUnavailable" in line for line in lines)
+    faults = emulator.stats()["faults"]["5xx"]
+    reported = sum(int(n) for line in lines for n in re.findall(r"(\d+) x \w+ HTTP 50[03]", line))
+    assert reported == faults  # every failure counted once, none invented

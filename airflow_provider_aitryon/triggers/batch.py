@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -60,6 +61,7 @@ QUEUED, SUBMITTING, WAITING, POLLING, SAVING, DONE, FAILED = (
 # How long a submit may have been in flight when a run died before recording its task id: the
 # lookup of an unrecorded submit covers this much time after the recorded intent.
 _INTENT_WINDOW_SECONDS = 15 * 60
+_FAILURE_REPORT_SECONDS = 60.0
 ACCOUNT_WIDE_CODES = {"InvalidApiKey", "AccessDenied", "Model.AccessDenied", "AccessDenied.Unpurchased", "Arrearage"}
 
 
@@ -215,6 +217,10 @@ class BatchRun:
         self.fatal: str | None = None
         self.started = self.clock()
         self.last_progress = self.started
+        # Failures by class (call, HTTP status, code) since they were last logged: a chunk that
+        # keeps failing says so at least once a minute instead of only at its deadline.
+        self.failures: Counter[str] = Counter()
+        self.last_failure_report = self.last_failure_report_start = self.started
         self.last_flush = self.started
         self.flush_lock = asyncio.Lock()
 
@@ -295,6 +301,7 @@ class BatchRun:
             await self._maybe_flush(now)
             await self._maybe_renew_lease(now)
             self._maybe_report(now)
+            self._maybe_report_failures(now)
             await self._idle(now)
         if self.fatal is not None:
             return await self._finish("error", self.fatal)
@@ -592,6 +599,7 @@ class BatchRun:
             self.budget.learn_latency(observed)
 
     def _on_error(self, state: ItemState, exc: DashScopeAPIError, bucket: Any, retry_phase: str) -> None:
+        self.failures[_failure_class(exc)] += 1
         if exc.code in ACCOUNT_WIDE_CODES:
             self.fatal = str(exc)  # no item can succeed with this account; stop at once
             state.phase = FAILED
@@ -658,6 +666,17 @@ class BatchRun:
             "queries": self.t.queries,
         }
 
+    def _maybe_report_failures(self, now: float, *, force: bool = False) -> None:
+        every = min(_FAILURE_REPORT_SECONDS, self.t.progress_interval)
+        if not self.failures or (not force and now - self.last_failure_report < every):
+            return
+        self.last_failure_report = now
+        summary = ", ".join(f"{count} x {kind}" for kind, count in self.failures.most_common())
+        self.log.warning("Chunk failures in the last %.0f s (retried with backoff): %s.",
+                         now - self.last_failure_report_start, summary)  # fmt: skip
+        self.failures.clear()
+        self.last_failure_report_start = now
+
     def _maybe_report(self, now: float) -> None:
         if now - self.last_progress < self.t.progress_interval:
             return
@@ -677,8 +696,15 @@ class BatchRun:
             await asyncio.wait(self.in_flight, timeout=60)
         for task in list(self.in_flight):
             task.cancel()
+        self._maybe_report_failures(self.clock(), force=True)
         await self._flush()
         # Tasks this run leaves unfinished stop counting against the shared budget.
         self.budget.outstanding -= sum(s.phase in (SUBMITTING, WAITING, POLLING) for s in self.items)
         self.budget.tracked = [s for s in self.budget.tracked if s.owner is not self]
         return {"status": status, "message": message, "counts": self.counts()}
+
+
+def _failure_class(exc: DashScopeAPIError) -> str:
+    """``query HTTP 503 ModelUnavailable``: the call, the status and the code, nothing item-specific."""
+    parts = [exc.operation, f"HTTP {exc.http_status}" if exc.http_status else "no reply", exc.code or ""]
+    return " ".join(p for p in parts if p)
