@@ -21,6 +21,9 @@ DEFAULT_CONN_ID = "dashscope_default"
 EXTRA_FIELDS: dict[str, tuple[type, Any, float]] = {
     "connect_timeout": (float, 10.0, 0.001),
     "read_timeout": (float, 30.0, 0.001),
+    # Seconds one request may take in all, headers and body: a host dripping bytes never trips
+    # the read timeout.
+    "request_deadline": (float, 120.0, 0.001),
     "max_attempts": (int, 6, 1),
     "max_retry_seconds": (float, 120.0, 0.0),
     "backoff_base": (float, 1.0, 0.0),
@@ -48,6 +51,7 @@ class ConnectionSettings:
     workspace: str | None = None
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    request_deadline: float = 120.0
     max_attempts: int = 6
     max_retry_seconds: float = 120.0
     backoff_base: float = 1.0

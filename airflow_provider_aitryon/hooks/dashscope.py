@@ -140,19 +140,27 @@ class DashScopeHook(BaseHook):
 
     def _send(self, settings: ConnectionSettings, call: api.ApiCall) -> dict[str, Any]:
         sent = time.time()
+        body = _Body(call, settings, sent)
         try:
-            response = self.get_conn().request(
+            # Streamed, so the body is read under a size cap and a deadline, not whole into memory;
+            # no redirects: the API never sends one, and the key must not follow one.
+            with self.get_conn().request(
                 call.method,
                 settings.base_url + call.path,
                 params=call.params or None,
                 json=call.body,
                 headers=call.headers(settings.api_key, settings.workspace),
                 timeout=(settings.connect_timeout, settings.read_timeout),
-            )
+                stream=True,
+                allow_redirects=False,
+            ) as response:
+                # read1: whatever has arrived, so a dripping host meets the deadline check.
+                while chunk := response.raw.read1(_CHUNK, decode_content=True):
+                    body.add(chunk)
         except requests.RequestException as exc:
             raise _transport_error(call, settings, exc) from None
         service_clock(settings.base_url).observe_date(response.headers.get("Date"), sent, time.time())
-        return api.decode(call, response.status_code, response.headers, response.content)
+        return api.decode(call, response.status_code, response.headers, body.data())
 
     async def arun(self, call: api.ApiCall) -> dict[str, Any]:
         """Async twin of run(): same request, parsing and retry policy, never blocks the loop."""
@@ -173,19 +181,32 @@ class DashScopeHook(BaseHook):
             self._aclient = await asyncio.to_thread(
                 httpx.AsyncClient, timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
             )
+        client = self._aclient
         sent = time.time()
-        try:
-            response = await self._aclient.request(
+        body = _Body(call, settings, sent)
+
+        async def exchange() -> httpx.Response:
+            async with client.stream(
                 call.method,
                 settings.base_url + call.path,
                 params=call.params or None,
                 json=call.body,
                 headers=call.headers(settings.api_key, settings.workspace),
-            )
+            ) as response:
+                async for chunk in response.aiter_bytes(_CHUNK):
+                    body.add(chunk)
+                return response
+
+        try:
+            # The deadline covers everything, headers included: a host dripping a byte at a time
+            # never trips the read timeout, and must not hold the triggerer's loop.
+            response = await asyncio.wait_for(exchange(), timeout=settings.request_deadline)
+        except asyncio.TimeoutError:
+            raise body.overdue() from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _transport_error(call, settings, exc) from None
         service_clock(settings.base_url).observe_date(response.headers.get("Date"), sent, time.time())
-        return api.decode(call, response.status_code, response.headers, response.content)
+        return api.decode(call, response.status_code, response.headers, body.data())
 
     async def aclose(self) -> None:
         if self._aclient is not None:
@@ -429,6 +450,47 @@ def _unresolved(lost: DashScopeAPIError, looking: DashScopeAPIError) -> DashScop
         ambiguous=True,
         unresolved=True,
     )
+
+
+# DashScope's replies are a few kilobytes; a reply past this is a broken proxy or a hostile host.
+MAX_API_BODY = 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+class _Body:
+    """A reply body read under a size cap and the connection's request deadline."""
+
+    def __init__(self, call: api.ApiCall, settings: ConnectionSettings, sent: float) -> None:
+        self.call, self.settings = call, settings
+        self.deadline = sent + settings.request_deadline
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > MAX_API_BODY:
+            raise self._failed(f"sent a reply over {MAX_API_BODY // 1024} KiB (DashScope's are a few KB), so it "
+                               "was abandoned unread")  # fmt: skip
+        if time.time() > self.deadline:
+            raise self.overdue()
+        self.chunks.append(chunk)
+
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def overdue(self) -> DashScopeAPIError:
+        return self._failed(f"did not finish its reply within {self.settings.request_deadline:g} s (the connection's "
+                            "request_deadline)")  # fmt: skip
+
+    def _failed(self, what: str) -> DashScopeAPIError:
+        return DashScopeAPIError(
+            operation=self.call.operation,
+            message=f"{self.call.describe()} to {self.settings.base_url} {what}; check the host of connection "
+            f"{self.settings.conn_id!r} and any proxy in between",
+            retryable=True,
+            # The request was sent: a submit may have created a task (looked up, never resent blindly).
+            ambiguous=self.call.operation == "submit",
+        )
 
 
 def _never_sent(exc: Exception) -> bool:
