@@ -484,3 +484,25 @@ def test_operator_maps_an_expired_url_to_a_fail_exception(server: LoopbackServer
     with pytest.raises(AirflowFailException, match="24 hours"):
         op.execute({})  # type: ignore[arg-type]
     assert files_under(tmp_path) == []
+
+
+def oversized_png(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height: a few dozen bytes that would decode to gigabytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(
+        b"IEND", b""
+    )
+
+
+def test_an_image_declaring_a_huge_size_is_refused_before_decoding(server: LoopbackServer, tmp_path: Path) -> None:
+    server.routes["/r/x.png"] = serve(oversized_png(13000, 13000))
+    with pytest.raises(AirflowFailException, match=r"is 13000x13000 px, larger than any try-on result"):
+        save_image(server.url("/r/x.png"), str(tmp_path / "x.png"), **FAST)
+    assert files_under(tmp_path) == []
+    assert len(server.requests) == 1  # permanent: not retried

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+# Try-on results keep the person image's size, at most 4096 px a side; twice that still passes.
+MAX_RESULT_SIDE = 8192
 # (connect, read): the read timeout applies to each socket read, so a stalled server is caught
 # even when it sent the headers promptly.
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)
@@ -397,12 +399,21 @@ def _check_status(response: requests.Response, shown: str) -> None:
 
 
 def _inspect_image(body: IO[bytes], shown: str) -> tuple[str, int, int]:
-    """Decode the whole image: a header alone would pass a truncated or corrupt file."""
+    """Decode the whole image (a header alone would pass a truncated or corrupt file), but only
+    after the header says its size is one a try-on result can have: a few hundred KB of PNG can
+    declare 13000x13000 px and decode to most of a gigabyte."""
     body.seek(0)
     try:
         with Image.open(body) as image:
             image_format = image.format or "unknown"
             width, height = image.size
+            if max(width, height) > MAX_RESULT_SIDE:
+                raise DashScopeAPIError(
+                    operation=DOWNLOAD,
+                    message=f"the image from {shown} is {width}x{height} px, larger than any try-on result (at most "
+                    f"{MAX_RESULT_SIDE} px a side), so it was not decoded",
+                    retryable=False,
+                )
             image.load()
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise _not_an_image(shown, exc) from None
