@@ -11,7 +11,8 @@ Guarantees:
 * Only http(s) URLs are fetched; anything else fails before any request is made.
 * The body is streamed with a byte cap, so a runaway or hostile server cannot fill the disk.
 * The content is accepted only if Pillow can decode it as an image; the Content-Type header and
-  the file name are not trusted (proxies answer HTML with ``200 OK``).
+  the file name are not trusted (proxies answer HTML with ``200 OK``). Its size is read from the
+  header first: an image over ``MAX_RESULT_SIDE`` px a side is refused without being decoded.
 * The file appears at its final name complete or not at all: see ``atomic_write``.
 * Transient failures (5xx, 408, 429, dropped or stalled connections, a body cut short) are retried
   with backoff; an expired URL (403/404/410) fails at once, since no retry can bring it back.
