@@ -53,6 +53,7 @@ from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.models import Outcome, TaskResult
 from airflow_provider_aitryon.registry import Submission, SubmissionRegistry, item_key, partition_registry
 from airflow_provider_aitryon.registry.lease import PartitionLease
+from airflow_provider_aitryon.retry import backoff_delay
 
 # Item phases. An item is in exactly one; the loop below moves it along.
 QUEUED, SUBMITTING, WAITING, POLLING, SAVING, DONE, FAILED = (
@@ -610,7 +611,8 @@ class BatchRun:
             self._fail(state, exc.code or f"HTTP{exc.http_status}", exc.api_message or str(exc), retryable=False)
             return
         state.errors += 1
-        state.not_before = self.clock() + min(30.0, 0.5 * 2 ** min(state.errors, 6))
+        # The one retry policy: full jitter, the service's Retry-After as a floor.
+        state.not_before = self.clock() + backoff_delay(state.errors, base=0.5, cap=30.0, retry_after=exc.retry_after)
         state.phase = retry_phase
 
     def _fail(self, state: ItemState, code: str, message: str, *, retryable: bool) -> None:
