@@ -49,6 +49,9 @@ COARSE_FIELD = "coarse_image_url"
 MAX_REDIRECTS = 5
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 20.0
+# One GET of one image, all told: a host dripping a byte every few seconds never trips the read
+# timeout, and must not hold the worker.
+MAX_SECONDS = 60.0
 ATTEMPTS = 3  # for transient failures only: 5xx, 408, 429, refused or broken connections
 RETRY_DELAYS: tuple[float, ...] = (0.2, 0.5)
 TRANSIENT_STATUSES = frozenset({408, 429})
@@ -111,6 +114,7 @@ class InputInspector:
 
     :param connect_timeout: seconds to wait for a connection to an image host.
     :param read_timeout: seconds to wait for each read from an image host.
+    :param max_seconds: seconds one image's body may take to arrive, all told.
     :param max_redirects: redirects followed per request before the URL is refused.
     :param attempts: tries per image for transient failures (5xx, 408, 429, broken connections).
     :param retry_delays: seconds to wait before the 2nd, 3rd, ... try (the last one repeats).
@@ -126,6 +130,7 @@ class InputInspector:
         *,
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
+        max_seconds: float = MAX_SECONDS,
         max_redirects: int = MAX_REDIRECTS,
         attempts: int = ATTEMPTS,
         retry_delays: Sequence[float] = RETRY_DELAYS,
@@ -135,6 +140,7 @@ class InputInspector:
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.max_seconds = max_seconds
         self.max_redirects = max_redirects
         self.attempts = max(1, int(attempts))
         self.retry_delays = tuple(retry_delays)
@@ -285,11 +291,15 @@ class InputInspector:
             if declared is not None and declared > MAX_BYTES:
                 check_byte_size(declared, field=field)  # raises before reading the body
             limit = MAX_BYTES + 1
+            started = time.monotonic()
             while len(data) < limit:
-                chunk = resp.raw.read(min(_CHUNK, limit - len(data)), decode_content=True)
+                # read1: whatever has arrived, so a dripping host meets the deadline check.
+                chunk = resp.raw.read1(min(_CHUNK, limit - len(data)), decode_content=True)
                 if not chunk:
                     break
                 data += chunk
+                if time.monotonic() - started > self.max_seconds:
+                    raise _Refused(f"{shown} took more than {self.max_seconds:g} s to send the image", _PUBLIC)
         except urllib3.exceptions.ReadTimeoutError:
             raise _Refused(f"{shown} stopped sending for more than {self.read_timeout:g} s", _PUBLIC) from None
         except (urllib3.exceptions.HTTPError, OSError):

@@ -10,6 +10,7 @@ import io
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +59,7 @@ class Route:
     stream_bytes: int = 0  # > 0: no Content-Length, send this many bytes, then close
     redirect_to: str | None = None
     then: Route | None = None  # after the first GET, answer with this route
+    drip: float = 0.0  # seconds between the body's bytes on GET
 
 
 @dataclass
@@ -112,7 +114,16 @@ class ImageHost:
                 if "Content-Length" not in headers:
                     self.send_header("Content-Length", str(len(route.body)))
                 self.end_headers()
-                if self.command == "GET":
+                if self.command == "GET" and route.drip:
+                    try:
+                        for byte in route.body:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            hit.sent += 1
+                            time.sleep(route.drip)
+                    except OSError:
+                        pass  # the client gave up: what it should do
+                elif self.command == "GET":
                     self.wfile.write(route.body)
                     hit.sent = len(route.body)
 
@@ -498,3 +509,11 @@ def test_a_missing_api_key_is_reported_before_any_image_is_fetched(monkeypatch, 
     with pytest.raises(AirflowFailException, match="has no API key; set its password"):
         op.execute({"ti": FakeTI()})
     assert host.hits == []
+
+
+def test_a_host_dripping_the_image_is_refused_at_the_deadline(host):
+    url = host.serve("/slow.png", image(576, 1024), drip=0.05)
+    with InputInspector(max_seconds=0.5, attempts=1) as inspector:
+        message = refused(inspector, "person_image_url", url)
+    assert "took more than 0.5 s to send the image" in message
+    assert next(h for h in host.hits if h.method == "GET").sent < 100  # abandoned, not read to the end
