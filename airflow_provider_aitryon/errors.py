@@ -40,6 +40,11 @@ TRANSIENT_CODES = frozenset(
     }
 )
 TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Permanent codes that no request of this account can get past (the key, the account, the model's
+# access): a batch stops at the first one instead of failing every item the same way.
+ACCOUNT_WIDE_CODES = frozenset(
+    {"InvalidApiKey", "AccessDenied", "Model.AccessDenied", "AccessDenied.Unpurchased", "Arrearage"}
+)
 
 # What the user should do about a code: appended to the message so it reads as a fix, not a riddle.
 FIXES: dict[str, str] = {
@@ -147,3 +152,8 @@ def classify_retryable(http_status: int | None, code: str | None) -> bool:
     if http_status is None:  # no answer at all: connection refused, reset, timed out
         return True
     return http_status in TRANSIENT_HTTP_STATUSES or http_status >= 500
+
+
+def is_account_wide(code: str | None) -> bool:
+    """Whether an error code stops every request of the account, not just this one."""
+    return code in ACCOUNT_WIDE_CODES

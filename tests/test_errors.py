@@ -281,3 +281,11 @@ def test_config_error_does_not_contain_the_key(extra):
     assert API_KEY not in str(info.value)
     assert API_KEY not in repr(info.value)
     assert re.search(r"'ds'", str(info.value))
+
+
+def test_account_wide_codes_are_permanent_codes_of_the_table():
+    from airflow_provider_aitryon.errors import ACCOUNT_WIDE_CODES, is_account_wide
+
+    assert ACCOUNT_WIDE_CODES <= PERMANENT_CODES
+    assert is_account_wide("InvalidApiKey") and is_account_wide("Arrearage")
+    assert not is_account_wide("InvalidPerson") and not is_account_wide(None)

@@ -48,7 +48,7 @@ from airflow_provider_aitryon.catalog import (
     replay,
 )
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
-from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
+from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_account_wide
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.models import Outcome, TaskResult
 from airflow_provider_aitryon.registry import Submission, SubmissionRegistry, item_key, partition_registry
@@ -63,7 +63,6 @@ QUEUED, SUBMITTING, WAITING, POLLING, SAVING, DONE, FAILED = (
 # lookup of an unrecorded submit covers this much time after the recorded intent.
 _INTENT_WINDOW_SECONDS = 15 * 60
 _FAILURE_REPORT_SECONDS = 60.0
-ACCOUNT_WIDE_CODES = {"InvalidApiKey", "AccessDenied", "Model.AccessDenied", "AccessDenied.Unpurchased", "Arrearage"}
 
 
 @dataclass
@@ -601,7 +600,7 @@ class BatchRun:
 
     def _on_error(self, state: ItemState, exc: DashScopeAPIError, bucket: Any, retry_phase: str) -> None:
         self.failures[_failure_class(exc)] += 1
-        if exc.code in ACCOUNT_WIDE_CODES:
+        if is_account_wide(exc.code):
             self.fatal = str(exc)  # no item can succeed with this account; stop at once
             state.phase = FAILED
             return
