@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -405,7 +406,11 @@ def _inspect_image(body: IO[bytes], shown: str) -> tuple[str, int, int]:
     declare 13000x13000 px and decode to most of a gigabyte."""
     body.seek(0)
     try:
-        with Image.open(body) as image:
+        with warnings.catch_warnings():
+            # Pillow warns about what the check below refuses outright (8192² px stays under its limit).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(body)
+        with image:
             image_format = image.format or "unknown"
             width, height = image.size
             if max(width, height) > MAX_RESULT_SIDE:
