@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Container, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -287,9 +287,6 @@ def _boolean(field_name: str, value: object) -> bool:
 
 # The task list's time filter: seconds, in the service's zone (China Standard Time, UTC+8).
 _SERVICE_TZ = timezone(timedelta(hours=8))
-# How far around a lost submit to look for the task it may have created: the filter has whole
-# seconds and the two clocks are not the same clock.
-RECONCILE_MARGIN_SECONDS = 2.0
 
 
 def list_call(*, model: str, start: float, end: float, page_size: int = 100) -> ApiCall:
@@ -301,12 +298,6 @@ def list_call(*, model: str, start: float, end: float, page_size: int = 100) -> 
     params = {"model_name": model, "start_time": compact(start), "end_time": compact(end), "page_no": 1,
               "page_size": page_size}  # fmt: skip
     return ApiCall("list", "GET", TASKS_PATH, params=params)
-
-
-def reconcile_call(submit: ApiCall, sent_at: float, now: float) -> ApiCall:
-    """The task-list query that finds a task a submit may have created before its reply was lost."""
-    model = str((submit.body or {}).get("model") or "")
-    return list_call(model=model, start=sent_at - RECONCILE_MARGIN_SECONDS, end=now + RECONCILE_MARGIN_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -334,11 +325,6 @@ def listed_tasks(payload: Mapping[str, Any]) -> list[ListedTask]:
         created = parse_service_time(text)
         found.append(ListedTask(task_id, created, precise=created is not None and "." in str(text)))
     return found
-
-
-def unclaimed_tasks(payload: Mapping[str, Any], claimed: Container[str]) -> list[str]:
-    """Task ids in a task-list answer that nobody here submitted: candidates for a lost submit."""
-    return [row.task_id for row in listed_tasks(payload) if row.task_id not in claimed]
 
 
 def parse_service_time(text: object) -> float | None:

@@ -6,6 +6,9 @@ success), records the intent before a submit is sent, and serves the catalog bac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from airflow_provider_aitryon.registry import (
     OPERATOR_PREFIX as KEY_PREFIX,
 )
@@ -21,10 +24,24 @@ from airflow_provider_aitryon.registry import (
 from airflow_provider_aitryon.registry import (
     SubmissionRegistry,
     VariableStore,
+    operator_scope,
 )
 
-__all__ = ["KEY_PREFIX", "MAX_AGE_SECONDS", "Ledger", "MemoryLedger", "SubmissionRegistry", "VariableLedger"]
+__all__ = [
+    "KEY_PREFIX",
+    "MAX_AGE_SECONDS",
+    "Ledger",
+    "MemoryLedger",
+    "SubmissionRegistry",
+    "VariableLedger",
+    "ledger_key",
+]
 
 
 def VariableLedger() -> VariableStore:
     return VariableStore(KEY_PREFIX)
+
+
+def ledger_key(context: Mapping[str, Any], task_id: str) -> str:
+    """The Variable name of a task instance's entry (the registry keeps the ledger's names)."""
+    return KEY_PREFIX + operator_scope(context, task_id)[0]
