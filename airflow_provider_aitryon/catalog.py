@@ -57,12 +57,12 @@ class CatalogItem:
     coarse_image_url: str | None = None
 
     @property
-    def first_stage(self) -> str:
-        return STAGE_REFINE if self.coarse_image_url else STAGE_COARSE
-
-    @property
     def stages(self) -> tuple[str, ...]:
         return (STAGE_REFINE,) if self.coarse_image_url else (STAGE_COARSE, STAGE_REFINE)
+
+    @property
+    def first_stage(self) -> str:
+        return self.stages[0]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -214,8 +214,9 @@ def load_entries(registry: SubmissionRegistry, items: Iterable[CatalogItem]) -> 
     return out
 
 
-# Where an item stands, as `replay` reads it from the registry.
-QUEUED, LOOKUP, WAITING, DONE, FAILED_PHASE = "queued", "lookup", "waiting", "done", "failed"
+# Where an item stands, as `replay` reads it from the registry; the batch trigger moves items
+# between these (and its own in-flight phases). FAILED is also the manifest's status word.
+QUEUED, LOOKUP, WAITING, DONE = "queued", "lookup", "waiting", "done"
 
 
 @dataclass
@@ -254,7 +255,7 @@ def replay(item: CatalogItem, entries: Mapping[str, Submission], *, coarse_model
                 retry = WAITING if succeeded else QUEUED
             row = ManifestRow(item.sku, FAILED, task_ids, code=failure.get("code"), message=failure.get("message"),
                               retryable=retry is not None, adopted=adopted)  # fmt: skip
-            return Progress(FAILED_PHASE, stage, entry.task_id, coarse_url, row, retry)
+            return Progress(FAILED, stage, entry.task_id, coarse_url, row, retry)
         if decision is Decision.SUBMIT:
             return here
         assert entry is not None
@@ -266,7 +267,7 @@ def replay(item: CatalogItem, entries: Mapping[str, Submission], *, coarse_model
             row = ManifestRow(item.sku, FAILED, task_ids, code=entry.code or status.value,
                               message=entry.message or f"the task ended {status.value}", retryable=not permanent,
                               adopted=adopted)  # fmt: skip
-            return Progress(FAILED_PHASE, stage, entry.task_id, coarse_url, row, None if permanent else QUEUED)
+            return Progress(FAILED, stage, entry.task_id, coarse_url, row, None if permanent else QUEUED)
         if status is TaskStatus.SUCCEEDED and stage == STAGE_COARSE:
             coarse_url = entry.image_url
             continue

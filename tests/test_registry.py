@@ -12,7 +12,7 @@ import pytest
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.catalog import (
     DONE,
-    FAILED_PHASE,
+    FAILED,
     LOOKUP,
     QUEUED,
     STAGE_COARSE,
@@ -258,7 +258,7 @@ def test_replay_of_failures_says_how_a_rerun_resumes():
     refine_failed_save = entry(fingerprint=item.call(STAGE_REFINE).fingerprint(), task_id="r", status="SUCCEEDED",
                                failure={"code": "SaveFailed", "message": "503", "retryable": True})  # fmt: skip
     progress = replay(item, {STAGE_REFINE: refine_failed_save})
-    assert (progress.phase, progress.retry, progress.row.code) == (FAILED_PHASE, WAITING, "SaveFailed")
+    assert (progress.phase, progress.retry, progress.row.code) == (FAILED, WAITING, "SaveFailed")
     permanent = entry(fingerprint=item.call(STAGE_REFINE).fingerprint(), task_id="r", status="FAILED",
                       code="InvalidPerson")  # fmt: skip
     assert replay(item, {STAGE_REFINE: permanent}).retry is None

@@ -33,13 +33,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.budget import AccountBudget, Slot, account_budget
 from airflow_provider_aitryon.catalog import (
-    DONE as REPLAY_DONE,
-)
-from airflow_provider_aitryon.catalog import (
-    FAILED_PHASE,
+    DONE,
+    FAILED,
     LOOKUP,
+    QUEUED,
     STAGE_COARSE,
     STAGE_REFINE,
+    WAITING,
     CatalogItem,
     image_uri,
     is_permanent,
@@ -55,10 +55,9 @@ from airflow_provider_aitryon.registry import Submission, SubmissionRegistry, it
 from airflow_provider_aitryon.registry.lease import PartitionLease
 from airflow_provider_aitryon.retry import backoff_delay
 
-# Item phases. An item is in exactly one; the loop below moves it along.
-QUEUED, SUBMITTING, WAITING, POLLING, SAVING, DONE, FAILED = (
-    "queued", "submitting", "waiting", "polling", "saving", "done", "failed",
-)  # fmt: skip
+# Item phases: those `catalog.replay` reads from the registry (QUEUED, WAITING, DONE, FAILED) and
+# the in-flight ones only a running trigger knows. An item is in exactly one; the loop moves it along.
+SUBMITTING, POLLING, SAVING = "submitting", "polling", "saving"
 # How long a submit may have been in flight when a run died before recording its task id: the
 # lookup of an unrecorded submit covers this much time after the recorded intent.
 _INTENT_WINDOW_SECONDS = 15 * 60
@@ -249,12 +248,10 @@ class BatchRun:
         state.task_ids = {stage: e.task_id for stage, e in entries.items() if e.task_id}
         state.coarse_url = progress.coarse_url
         phase = progress.phase
-        if phase == FAILED_PHASE:
+        if phase == FAILED:
             phase = progress.retry or FAILED  # a new run tries a transient failure again
-        if phase == REPLAY_DONE:
-            state.phase = DONE
-        elif phase == FAILED:
-            state.phase = FAILED
+        if phase in (DONE, FAILED):
+            state.phase = phase
         elif phase == WAITING:
             # Submitted and not seen ending, or ended well and not saved: ask at once.
             state.phase, state.task_id, state.poll_now = WAITING, progress.task_id, True
