@@ -22,6 +22,7 @@ from airflow_provider_aitryon.links import TryOnResultLink
 from airflow_provider_aitryon.models import TaskStatus
 from airflow_provider_aitryon.preflight import InputInspector
 from airflow_provider_aitryon.registry import (
+    INTENT_WINDOW_SECONDS,
     Decision,
     Submission,
     SubmissionRegistry,
@@ -37,9 +38,6 @@ if TYPE_CHECKING:
 
 # Images submitted by this worker process, per model: the running count each submit logs.
 SUBMITTED_IMAGES: Counter[str] = Counter()
-# How long a submit may be in flight, at most, when a try died before recording its task id: the
-# lookup of an unrecorded submit covers this much time after the recorded intent.
-_INTENT_WINDOW_SECONDS = 15 * 60
 
 
 class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
@@ -101,7 +99,6 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
             call = self.build_call()
             hook = self._hook()
             entry = self.submit_once(context, hook, call)
-        self._adopted = entry.adopted
         assert entry.task_id is not None
         if not self.wait_for_completion:
             return entry.task_id
@@ -114,13 +111,11 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         return self._finished(context, self.resume_from_event(event))
 
     def _finished(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
-        # The registry entry stays (24 h): a clear of this task after success reuses the task.
-        ti = context.get("ti")
-        adopted = getattr(self, "_adopted", None)
-        pull = getattr(ti, "xcom_pull", None)
-        if adopted is None and pull is not None:
-            adopted = pull(task_ids=self.task_id, key="adopted")
-        return {**result, "adopted": bool(adopted)}
+        # The registry entry stays (24 h): a clear of this task after success reuses the task. It
+        # also says whether the task was adopted after a lost reply.
+        entry = self.registry.get(operator_scope(context, self.task_id)[0])
+        adopted = entry is not None and entry.adopted and entry.task_id == result.get("task_id")
+        return {**result, "adopted": adopted}
 
     def submit_once(self, context: Context, hook: DashScopeHook, call: api.ApiCall) -> Submission:
         """Submit, unless this task instance already paid for the same request (see the registry's rules)."""
@@ -144,7 +139,7 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
                 return entry
             why = f"the earlier task {entry.task_id} ended {result.raw_status}"
         elif entry is not None and decision is Decision.LOOKUP:
-            found = hook.find_submitted(call, entry.intent_at, entry.intent_at + _INTENT_WINDOW_SECONDS,
+            found = hook.find_submitted(call, entry.intent_at, entry.intent_at + INTENT_WINDOW_SECONDS,
                                         claimed=self.registry.claims)  # fmt: skip
             if found is not None:
                 self.registry.record_task(key, entry, found.task_id, found.request_id, adopted=True)

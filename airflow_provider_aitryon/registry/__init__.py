@@ -25,6 +25,7 @@ from typing import Any
 
 from airflow_provider_aitryon.registry.claims import CLAIMS, ClaimIndex
 from airflow_provider_aitryon.registry.rules import (
+    INTENT_WINDOW_SECONDS,
     RETENTION_SECONDS,
     Decision,
     Submission,
@@ -45,6 +46,7 @@ OPERATOR_PREFIX = "aitryon_submission_"
 
 __all__ = [
     "CLAIMS",
+    "INTENT_WINDOW_SECONDS",
     "OPERATOR_PREFIX",
     "RETENTION_SECONDS",
     "ClaimIndex",

@@ -33,6 +33,9 @@ from airflow_provider_aitryon.models import Outcome, TaskStatus
 # DashScope answers for a task id for 24 h, then reads UNKNOWN: an entry lives as long as its task
 # can still be collected, not only until the first success.
 RETENTION_SECONDS = 24 * 60 * 60
+# How long a submit may have been in flight when its sender died before recording the task id: a
+# lookup of an unrecorded intent covers this much time after it.
+INTENT_WINDOW_SECONDS = 15 * 60
 
 
 class Decision(str, enum.Enum):

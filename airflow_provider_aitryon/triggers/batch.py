@@ -51,16 +51,19 @@ from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_account_wide
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.models import Outcome, TaskResult
-from airflow_provider_aitryon.registry import Submission, SubmissionRegistry, item_key, partition_registry
+from airflow_provider_aitryon.registry import (
+    INTENT_WINDOW_SECONDS,
+    Submission,
+    SubmissionRegistry,
+    item_key,
+    partition_registry,
+)
 from airflow_provider_aitryon.registry.lease import PartitionLease
 from airflow_provider_aitryon.retry import backoff_delay
 
 # Item phases: those `catalog.replay` reads from the registry (QUEUED, WAITING, DONE, FAILED) and
 # the in-flight ones only a running trigger knows. An item is in exactly one; the loop moves it along.
 SUBMITTING, POLLING, SAVING = "submitting", "polling", "saving"
-# How long a submit may have been in flight when a run died before recording its task id: the
-# lookup of an unrecorded submit covers this much time after the recorded intent.
-_INTENT_WINDOW_SECONDS = 15 * 60
 _FAILURE_REPORT_SECONDS = 60.0
 
 
@@ -370,7 +373,7 @@ class BatchRun:
                         # An earlier submit's outcome is unknown (a run died before recording its
                         # task id, or a lost reply could not be looked up): find it, never resend blindly.
                         submitted = await self.hook.afind_submitted(
-                            call, entry.intent_at, entry.intent_at + _INTENT_WINDOW_SECONDS,
+                            call, entry.intent_at, entry.intent_at + INTENT_WINDOW_SECONDS,
                             claimed=self.registry.claims,
                         )  # fmt: skip
                         state.lookup = False
