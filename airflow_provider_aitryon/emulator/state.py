@@ -87,6 +87,9 @@ from airflow_provider_aitryon.image_rules import MAX_BYTES
 SIM_STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED")
 STATS_STATUSES = (*SIM_STATUSES, "EXPIRED")
 FAULT_KINDS = ("5xx", "429", "drop", "slow", "malformed")
+# The User-Agent of the emulator's input fetches.
+EMULATOR_FETCH_AGENT = "aitryon-emulator-fetch"
+
 # A fetch larger than this is not read to the end: it already breaks the 5 MB rule.
 FETCH_CAP = 4 * MAX_BYTES
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -240,6 +243,8 @@ class EmulatorState:
         self._idle = threading.Condition(self._lock)
         self._workers: list[threading.Thread] = []
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # Named like the service's own fetcher, so an image host (and a test) can tell its fetches from a worker's.
+        self._opener.addheaders = [("User-Agent", EMULATOR_FETCH_AGENT)]
         self._render_cache = RenderCache()
 
     # ------------------------------------------------------------------ lifecycle
