@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from airflow_provider_aitryon.errors import DashScopeConfigError
 from airflow_provider_aitryon.failures import airflow_errors
-from airflow_provider_aitryon.operators.storage import StorageTarget, atomic_write, resolve_destination
+from airflow_provider_aitryon.storage import StorageTarget, atomic_write, resolve_destination
 
 DEFAULT_TILE_HEIGHT = 512
 DEFAULT_PADDING = 16

@@ -6,15 +6,17 @@ task does next, so the sensor and the operators cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
+from airflow_provider_aitryon.engine import EVENT_ERROR, EVENT_TIMEOUT, wait_for_task
 from airflow_provider_aitryon.errors import FIXES, DashScopeAPIError
 from airflow_provider_aitryon.failures import AirflowException, AirflowFailException, AirflowSensorTimeout
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.models import Outcome, TaskResult, TaskStatus
-from airflow_provider_aitryon.triggers.dashscope import EVENT_ERROR, EVENT_TIMEOUT, DashScopeTaskTrigger
+from airflow_provider_aitryon.triggers.dashscope import DashScopeTaskTrigger
 
 _WHY = {
     TaskStatus.FAILED: "failed",
@@ -66,16 +68,50 @@ class DashScopeWaitMixin:
             raise AirflowFailException(failure_sentence(result))
         return None
 
-    def defer_until_done(self, task_id: str, *, poll_interval: float, timeout: float) -> None:
+    def defer_until_done(
+        self,
+        task_id: str,
+        *,
+        poll_interval: float,
+        timeout: float,
+        model: str | None = None,
+        submitted_at: float | None = None,
+    ) -> None:
+        """Hand the wait to the triggerer, where the account's engine watches the task."""
         self.defer(
             trigger=DashScopeTaskTrigger(
                 dashscope_task_id=task_id,
                 dashscope_conn_id=self.dashscope_conn_id,
                 poll_interval=poll_interval,
                 end_time=time.time() + timeout,  # absolute: a resumed trigger keeps the same deadline
+                model=model,
+                submitted_at=submitted_at,
             ),
             method_name="execute_complete",
         )
+
+    def wait_here(
+        self,
+        task_id: str,
+        *,
+        poll_interval: float,
+        timeout: float,
+        model: str | None = None,
+        submitted_at: float | None = None,
+    ) -> dict[str, Any]:
+        """Wait in this worker (``deferrable=False``): the same engine and events as the triggerer."""
+        event = asyncio.run(
+            wait_for_task(
+                self.dashscope_conn_id,
+                task_id,
+                model=model,
+                submitted_at=submitted_at,
+                end_time=time.time() + timeout,
+                poll_interval=poll_interval,
+                logger=self.log,
+            )
+        )
+        return self.resume_from_event(event)
 
     def resume_from_event(self, event: Any) -> dict[str, Any]:
         """Turn the trigger's event into the task's result or its failure."""

@@ -36,6 +36,8 @@ def test_serialise_and_rebuild_round_trip():
         "end_time": 1_900_000_000.5,
         "max_transient_errors": 5,
         "cancel_on_kill": True,
+        "model": None,
+        "submitted_at": None,
     }
 
 
@@ -84,7 +86,7 @@ async def test_unlisted_status_keeps_polling(scripted):
 
 async def test_deadline_gives_a_timeout_event_with_the_last_status(scripted):
     scripted.default = replies.task("PENDING")
-    (event,) = await events_of(make(end_time=time.time() + 0.05))
+    (event,) = await events_of(make(end_time=time.time() + 0.5))
     assert event["status"] == "timeout"
     assert event["task"]["status"] == "PENDING"
     assert "did not finish before the deadline" in event["message"]

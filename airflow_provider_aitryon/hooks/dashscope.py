@@ -375,6 +375,17 @@ class DashScopeHook(BaseHook):
         )
         return self.submit(call).task_id
 
+    def local_time(self, service_time: str | None) -> float | None:
+        """A time the service reported (its clock, China Standard Time) as epoch seconds on ours.
+
+        None when the reply had no such time or the service's clock is not known yet.
+        """
+        epoch = api.parse_service_time(service_time)
+        clock = service_clock(self.settings.base_url)
+        if epoch is None or not clock.known:
+            return None
+        return epoch - clock.offset
+
     def get_task(self, task_id: str) -> TaskResult:
         return api.parse_task(self.run(api.query_call(task_id)), task_id)
 

@@ -7,7 +7,6 @@ trigger and outcome table.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,10 +15,9 @@ from airflow.sdk import BaseOperator
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.errors import DashScopeAPIError
-from airflow_provider_aitryon.failures import AirflowSensorTimeout, airflow_errors
+from airflow_provider_aitryon.failures import airflow_errors
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.links import TryOnResultLink
-from airflow_provider_aitryon.models import TaskStatus
 from airflow_provider_aitryon.preflight import InputInspector
 from airflow_provider_aitryon.registry import (
     INTENT_WINDOW_SECONDS,
@@ -102,10 +100,12 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         assert entry.task_id is not None
         if not self.wait_for_completion:
             return entry.task_id
+        wait = {"poll_interval": self.poll_interval, "timeout": self.wait_timeout, "model": entry.model,
+                "submitted_at": entry.submitted_at}  # fmt: skip
         if self.deferrable:
-            self.defer_until_done(entry.task_id, poll_interval=self.poll_interval, timeout=self.wait_timeout)
+            self.defer_until_done(entry.task_id, **wait)
         with airflow_errors():
-            return self._finished(context, self._wait_here(hook, entry.task_id))
+            return self._finished(context, self.wait_here(entry.task_id, **wait))
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         return self._finished(context, self.resume_from_event(event))
@@ -188,28 +188,3 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
             ti.xcom_push(key="dashscope_task_id", value=entry.task_id)
             ti.xcom_push(key="request_id", value=entry.request_id)
             ti.xcom_push(key="adopted", value=entry.adopted)
-
-    def _wait_here(self, hook: DashScopeHook, task_id: str) -> dict[str, Any]:
-        """Wait in the worker (deferrable=False): the same outcomes as the trigger, in a plain loop."""
-        deadline = time.monotonic() + self.wait_timeout
-        last_status: TaskStatus | None = None
-        while True:
-            try:
-                result = hook.get_task(task_id)
-            except DashScopeAPIError as exc:
-                if not exc.retryable:
-                    raise
-                self.log.warning("Could not read DashScope task %s yet: %s", task_id, exc)
-            else:
-                last_status = result.status
-                payload = self.finish(result)
-                if payload is not None:
-                    return payload
-            if time.monotonic() >= deadline:
-                if self.cancel_on_timeout and last_status in (None, TaskStatus.PENDING):
-                    self.cancel_quietly(task_id)
-                raise AirflowSensorTimeout(
-                    f"DashScope task {task_id} did not finish within {self.wait_timeout:g}s "
-                    f"(last status {last_status.value if last_status else 'not yet known'})."
-                )
-            time.sleep(self.poll_interval)

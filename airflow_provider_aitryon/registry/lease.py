@@ -63,7 +63,7 @@ class PartitionLease:
     """
 
     def __init__(self, folder: str, holder: str, *, ttl: float = DEFAULT_TTL_SECONDS, conn_id: str | None = None):
-        from airflow_provider_aitryon.operators.storage import resolve_destination
+        from airflow_provider_aitryon.storage import resolve_destination
 
         self.folder, _ = resolve_destination(folder.rstrip("/") + "/", conn_id=conn_id, field_name="lease folder")
         self.holder = holder
@@ -168,7 +168,7 @@ class PartitionLease:
                 return False
 
     def _write(self, generation: int, *, released: bool) -> None:
-        from airflow_provider_aitryon.operators.storage import atomic_write
+        from airflow_provider_aitryon.storage import atomic_write
 
         atomic_write(self._payload(released), self.folder / f"{generation:012d}.json")
 

@@ -166,7 +166,7 @@ class FileStore:
     """Entries as ``<root>/<key>.json`` files; ``root`` is a local path or an ObjectStoragePath URI."""
 
     def __init__(self, root: str, *, conn_id: str | None = None) -> None:
-        from airflow_provider_aitryon.operators.storage import resolve_destination
+        from airflow_provider_aitryon.storage import resolve_destination
 
         self.root, _ = resolve_destination(root.rstrip("/") + "/", conn_id=conn_id, field_name="registry folder")
         self.where = str(self.root)
@@ -184,7 +184,7 @@ class FileStore:
             raise RegistryUnavailable(self.where, exc) from None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        from airflow_provider_aitryon.operators.storage import atomic_write
+        from airflow_provider_aitryon.storage import atomic_write
 
         try:
             atomic_write(json.dumps(value, sort_keys=True).encode(), self._path(key))

@@ -10,6 +10,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.failures import AirflowFailException, AirflowSkipException, airflow_errors
 from airflow_provider_aitryon.links import TryOnResultLink
+from airflow_provider_aitryon.models import TaskResult
 from airflow_provider_aitryon.waiting import DashScopeWaitMixin
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
         self.dashscope_conn_id = dashscope_conn_id
         self.deferrable = deferrable
         self.cancel_on_timeout = cancel_on_timeout
+        self._last_seen: TaskResult | None = None  # the last poke's answer
 
     # ------------------------------------------------------------------ poke / reschedule
 
@@ -70,6 +72,7 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
             self.log.warning("Could not read DashScope task %s yet: %s", self.dashscope_task_id, exc)
             return PokeReturnValue(is_done=False)
         self.log.info("DashScope task %s is %s.", result.task_id, result.raw_status)
+        self._last_seen = result
         return PokeReturnValue(is_done=result.status.is_terminal, xcom_value=self.finish(result))
 
     # ------------------------------------------------------------------ deferrable
@@ -86,7 +89,14 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
             raise
         if done.is_done:
             return done.xcom_value
-        self.defer_until_done(self.dashscope_task_id, poll_interval=self.poke_interval, timeout=self.timeout)
+        seen = self._last_seen
+        self.defer_until_done(
+            self.dashscope_task_id,
+            poll_interval=self.poke_interval,
+            timeout=self.timeout,
+            # When the service reports it, the submit time lets the engine predict the end.
+            submitted_at=self._hook().local_time(seen.submit_time) if seen is not None else None,
+        )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         return self.resume_from_event(event)

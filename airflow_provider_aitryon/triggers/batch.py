@@ -494,7 +494,7 @@ class BatchRun:
         await self._save(state)
 
     async def _save(self, state: ItemState) -> None:
-        from airflow_provider_aitryon.operators.storage import save_image
+        from airflow_provider_aitryon.storage import save_image
 
         destination = image_uri(self.t.output, state.item.sku)
         try:

@@ -29,7 +29,6 @@ from airflow.sdk import ObjectStoragePath
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.errors import PERMANENT_CODES, DashScopeConfigError
 from airflow_provider_aitryon.models import Outcome, TaskStatus
-from airflow_provider_aitryon.operators.storage import atomic_write, resolve_destination
 from airflow_provider_aitryon.registry import (
     Decision,
     Submission,
@@ -39,6 +38,7 @@ from airflow_provider_aitryon.registry import (
     sku_file_stem,
 )
 from airflow_provider_aitryon.registry.lease import PartitionLease
+from airflow_provider_aitryon.storage import atomic_write, resolve_destination
 
 STAGE_COARSE = "coarse"
 STAGE_REFINE = "refine"

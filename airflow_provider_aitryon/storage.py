@@ -1,0 +1,553 @@
+"""Storage: destinations, atomic writes and saving a try-on result before DashScope deletes it.
+
+DashScope keeps a result ``image_url`` for 24 hours after the task ends; after that the URL answers
+403/404 and the paid image is gone. ``save_image`` (used by ``SaveTryOnResultOperator``, the
+catalog's chunks and anything else that keeps a result) downloads the result and writes it to a
+local path, a ``file://`` URI or any Airflow ``ObjectStoragePath`` URI (``s3://``, ``gs://``, ...
+when the matching provider is installed), so local and remote storage share one code path. The
+registry, the catalog and the contact sheet write through ``atomic_write`` too.
+
+Guarantees:
+
+* Only http(s) URLs are fetched; anything else fails before any request is made.
+* The body is streamed with a byte cap, so a runaway or hostile server cannot fill the disk.
+* The content is accepted only if Pillow can decode it as an image; the Content-Type header and
+  the file name are not trusted (proxies answer HTML with ``200 OK``). Its size is read from the
+  header first: an image over ``MAX_RESULT_SIDE`` px a side is refused without being decoded.
+* The file appears at its final name complete or not at all: see ``atomic_write``.
+* Transient failures (5xx, 408, 429, dropped or stalled connections, a body cut short) are retried
+  with backoff; an expired URL (403/404/410) fails at once, since no retry can bring it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.exceptions
+from airflow.sdk import ObjectStoragePath
+from PIL import Image, UnidentifiedImageError
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from airflow_provider_aitryon import api
+from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
+from airflow_provider_aitryon.failures import airflow_errors
+from airflow_provider_aitryon.retry import backoff_delay, is_retryable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+# Try-on results keep the person image's size, at most 4096 px a side; twice that still passes.
+MAX_RESULT_SIDE = 8192
+# (connect, read): the read timeout applies to each socket read, so a stalled server is caught
+# even when it sent the headers promptly.
+DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)
+# A server that drips a byte every few seconds never trips the read timeout; this bounds one attempt.
+DEFAULT_MAX_SECONDS = 600.0
+DEFAULT_ATTEMPTS = 4
+DEFAULT_BACKOFF = 1.0
+BACKOFF_CAP = 30.0
+RETRY_AFTER_CAP = 120.0
+CHUNK_SIZE = 64 * 1024
+# Small results stay in memory; bigger ones spill to the local temp dir, never to the destination.
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
+
+DOWNLOAD = "result download"
+# OSS answers 403 AccessDenied ("Request has expired") for a signed URL past its lifetime,
+# 404 once the object is deleted; 410 is the generic "gone".
+EXPIRED_STATUSES = frozenset({403, 404, 410})
+# Flat object stores have no directories: creating a "parent" would at best be a no-op and at worst
+# create a bucket, so parents are created only on the other file systems.
+FLAT_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
+
+# What a body read can raise: requests wraps urllib3's errors only inside iter_content, and the
+# socket's own errors (reset, timeout) can surface from read1 unwrapped.
+_READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tiff"}
+
+StorageTarget = str | os.PathLike[str] | ObjectStoragePath
+
+
+# --------------------------------------------------------------------------------------------
+# Destinations and the atomic write, shared with contact_sheet.py
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_destination(
+    destination: object, *, conn_id: str | None = None, field_name: str = "destination"
+) -> tuple[ObjectStoragePath, bool]:
+    """Return the destination as an ObjectStoragePath and whether it names a directory.
+
+    A destination names a directory when it ends with ``/`` (the only way to say so for an object
+    store, where an empty "directory" does not exist) or is an existing directory. Scheme-less
+    paths are made absolute so the returned URI does not depend on the worker's working directory.
+    """
+    if isinstance(destination, ObjectStoragePath):
+        text = str(destination)
+        path = destination if conn_id is None else ObjectStoragePath(text, conn_id=conn_id)
+    elif isinstance(destination, (str, os.PathLike)):
+        text = os.fspath(destination).strip()
+        if not text:
+            raise DashScopeConfigError(_missing_destination(field_name))
+        scheme = urlsplit(text).scheme
+        if len(scheme) <= 1:  # no scheme, or a Windows drive letter
+            trailing = text.endswith(("/", os.sep))
+            text = os.path.abspath(os.path.expanduser(text)) + ("/" if trailing else "")
+        path = ObjectStoragePath(text, conn_id=conn_id)
+    elif destination is None:
+        raise DashScopeConfigError(_missing_destination(field_name))
+    else:
+        raise DashScopeConfigError(
+            f"{field_name} must be a path or URI string, got {type(destination).__name__}; "
+            "pass a local path, a file:// URI or an object storage URI such as s3://bucket/key.png."
+        )
+    is_dir = text.endswith("/") or _is_dir(path)
+    return path, is_dir
+
+
+def atomic_write(source: bytes | IO[bytes], target: ObjectStoragePath, *, overwrite: bool = True) -> None:
+    """Write ``source`` so that ``target`` is either absent or complete, never partial.
+
+    The data goes to a hidden temporary name beside the target (``.<name>.<random>.part``) and is
+    then moved into place with the file system's ``mv``:
+
+    * local and POSIX-like file systems: a ``rename`` within one directory, which is atomic;
+    * object stores (S3, GCS, Azure): a server-side copy then a delete, because they have no
+      rename. The final key appears only when the copy completes, so readers still never see a
+      partial object; a worker killed between copy and delete can leave the ``.part`` object
+      behind, which a bucket lifecycle rule on ``*.part`` can clean up.
+
+    On any failure the temporary file is removed and the exception propagates. With
+    ``overwrite=False`` an existing target raises DashScopeConfigError; the check is repeated just
+    before the move, but a writer racing between that check and the move can still be replaced.
+    """
+    if not overwrite and target.exists():
+        raise DashScopeConfigError(_exists(target))
+    if target.protocol not in FLAT_OBJECT_STORES:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".{target.name}.{uuid.uuid4().hex}.part"
+    try:
+        # fs.open, not temp.open: hook lineage should name the final file, not the temporary one.
+        with temp.fs.open(temp.path, "wb") as out:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                out.write(source)
+            else:
+                source.seek(0)
+                shutil.copyfileobj(source, out, CHUNK_SIZE)
+        if not overwrite and target.exists():
+            raise DashScopeConfigError(_exists(target))
+        temp.fs.mv(temp.path, target.path)
+    except BaseException:
+        _remove_quietly(temp)
+        raise
+    _record_lineage(target)
+
+
+# --------------------------------------------------------------------------------------------
+# The download
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Fetched:
+    """One successful attempt: the validated body (spooled locally) and what Pillow saw in it."""
+
+    body: IO[bytes]
+    size: int
+    sha256: str
+    format: str
+    width: int
+    height: int
+
+
+def save_image(
+    url: str | Mapping[str, Any],
+    destination: StorageTarget,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout: float | tuple[float, float] = DEFAULT_TIMEOUT,
+    overwrite: bool = True,
+    conn_id: str | None = None,
+    name: str | None = None,
+    attempts: int = DEFAULT_ATTEMPTS,
+    backoff: float = DEFAULT_BACKOFF,
+    max_seconds: float | None = DEFAULT_MAX_SECONDS,
+    session: requests.Session | None = None,
+) -> dict[str, Any]:
+    """Download a result image and store it durably; return what was stored.
+
+    :param url: the http(s) result URL, or the dict a sensor returned (its ``image_url`` is used,
+        and its ``task_id`` names the file when ``destination`` is a directory).
+    :param destination: a file path or URI, or a directory (ending with ``/`` or existing); in a
+        directory the file is named ``<name or task id or URL basename><format extension>``, so a
+        rerun overwrites the same file instead of adding a copy.
+    :param max_bytes: largest body accepted; a longer one is abandoned mid-stream.
+    :param timeout: requests timeout, seconds or (connect, read).
+    :param overwrite: replace an existing file; with False an existing file fails the call before
+        anything is downloaded.
+    :param conn_id: Airflow connection for the object store (e.g. an ``aws`` connection).
+    :param name: file name stem to use in a directory destination, overriding the derived one.
+    :param attempts: total tries for transient failures.
+    :param backoff: base of the exponential backoff between tries, seconds (full jitter).
+    :param max_seconds: wall-clock budget of one try, so a dripping server cannot hold the worker.
+    :param session: a requests session to reuse connections across many downloads.
+    :return: ``uri``, ``bytes``, ``sha256``, ``format``, ``width``, ``height``, ``source_url``.
+    :raises AirflowFailException: a bad argument, an expired URL, a body that is not an image or is
+        over ``max_bytes``: retrying cannot help.
+    :raises AirflowException: transient failures that outlived ``attempts``: the task's own retries
+        may still succeed within the 24 hours.
+    """
+    with airflow_errors():
+        source_url, task_id = _source(url)
+        _check_positive("max_bytes", max_bytes)
+        _check_positive("attempts", attempts)
+        target, is_dir = resolve_destination(destination, conn_id=conn_id)
+        if not is_dir and not overwrite and target.exists():
+            raise DashScopeConfigError(_exists(target))
+
+        fetched = _fetch_with_retries(
+            source_url,
+            max_bytes=max_bytes,
+            timeout=timeout,
+            attempts=attempts,
+            backoff=backoff,
+            max_seconds=max_seconds,
+            session=session,
+        )
+        try:
+            if is_dir:
+                stem = (_safe_stem(name) if name else "") or _derived_stem(task_id, source_url)
+                target = target / f"{stem}{_extension(fetched.format)}"
+            elif _extension(fetched.format) != _normalised_suffix(target.name):
+                log.warning("Saving a %s image under the name %s.", fetched.format, target.name)
+            atomic_write(fetched.body, target, overwrite=overwrite)
+        finally:
+            fetched.body.close()
+
+    result = {
+        "uri": str(target),
+        "bytes": fetched.size,
+        "sha256": fetched.sha256,
+        "format": fetched.format,
+        "width": fetched.width,
+        "height": fetched.height,
+        "source_url": source_url,
+    }
+    log.info(
+        "Saved %s (%s %dx%d, %d bytes, sha256 %s).",
+        result["uri"],
+        fetched.format,
+        fetched.width,
+        fetched.height,
+        fetched.size,
+        fetched.sha256,
+    )
+    return result
+
+
+def _fetch_with_retries(
+    url: str,
+    *,
+    max_bytes: int,
+    timeout: float | tuple[float, float],
+    attempts: int,
+    backoff: float,
+    max_seconds: float | None,
+    session: requests.Session | None,
+) -> _Fetched:
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        return backoff_delay(
+            state.attempt_number,
+            base=backoff,
+            cap=BACKOFF_CAP,
+            # Honoured, but not to the point of sleeping through the 24-hour window.
+            retry_after=None if retry_after is None else min(retry_after, RETRY_AFTER_CAP),
+        )
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "Download attempt %d of %d failed, retrying in %.2fs: %s",
+            state.attempt_number,
+            attempts,
+            state.upcoming_sleep,
+            exc,
+        )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait,
+        retry=retry_if_exception(is_retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    owned = session is None
+    client = session or requests.Session()
+    try:
+        return retrying(_fetch_once, client, url, max_bytes, timeout, max_seconds)
+    finally:
+        if owned:
+            client.close()
+
+
+def _fetch_once(
+    client: requests.Session,
+    url: str,
+    max_bytes: int,
+    timeout: float | tuple[float, float],
+    max_seconds: float | None,
+) -> _Fetched:
+    shown = api.shown_url(url)
+    started = time.monotonic()
+    try:
+        response = client.get(url, stream=True, timeout=timeout, headers={"Accept": "image/*"})
+    except requests.RequestException as exc:
+        raise _transient(f"could not reach {shown} ({_reason(exc)})") from None
+
+    with response:
+        _check_status(response, shown)
+        declared = _content_length(response)
+        if declared is not None and declared > max_bytes:
+            raise _too_large(shown, max_bytes, f"it declares {declared} bytes")
+
+        # Not a with-block: on success the open spool is handed to the caller, who closes it.
+        body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            chunks = _chunks(response)
+            while True:
+                try:
+                    chunk = next(chunks, b"")
+                except _READ_ERRORS as exc:
+                    raise _transient(f"the connection to {shown} failed after {size} bytes ({_reason(exc)})") from None
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(shown, max_bytes, f"more than {max_bytes} bytes arrived")
+                if max_seconds is not None and time.monotonic() - started > max_seconds:
+                    raise _transient(
+                        f"the download of {shown} took longer than max_seconds ({max_seconds:g} s) after {size} bytes"
+                    )
+                digest.update(chunk)
+                body.write(chunk)
+            # requests only checks the length when urllib3 enforces it; a compressed body has a
+            # different decoded size, so only an identity body can be compared.
+            if declared is not None and not response.headers.get("Content-Encoding") and size != declared:
+                raise _transient(f"the body of {shown} was cut short: {size} of {declared} bytes arrived")
+            image_format, width, height = _inspect_image(body, shown)
+            return _Fetched(body, size, digest.hexdigest(), image_format, width, height)
+        except BaseException:
+            body.close()
+            raise
+
+
+def _chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives.
+
+    ``iter_content`` blocks until a whole chunk is in, so a server dripping a byte at a time would
+    never reach the ``max_seconds`` check; urllib3 2's ``read1`` returns whatever has arrived.
+    """
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:  # urllib3 1.x
+        yield from response.iter_content(CHUNK_SIZE)
+        return
+    while chunk := read1(CHUNK_SIZE, decode_content=True):
+        yield chunk
+
+
+def _check_status(response: requests.Response, shown: str) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    if status in EXPIRED_STATUSES:
+        raise DashScopeAPIError(
+            operation=DOWNLOAD,
+            http_status=status,
+            message=(
+                f"the result URL {shown} has expired or is not reachable; DashScope deletes results "
+                "24 hours after the task ends, so results must be saved within 24 hours "
+                "(re-run the try-on if that time has passed)"
+            ),
+            retryable=False,
+        )
+    retryable = status in (408, 429) or status >= 500
+    raise DashScopeAPIError(
+        operation=DOWNLOAD,
+        http_status=status,
+        message=f"the server answered HTTP {status} for {shown}",
+        retryable=retryable,
+        retry_after=api.retry_after_seconds(response.headers) if retryable else None,
+    )
+
+
+def _inspect_image(body: IO[bytes], shown: str) -> tuple[str, int, int]:
+    """Decode the whole image (a header alone would pass a truncated or corrupt file), but only
+    after the header says its size is one a try-on result can have: a few hundred KB of PNG can
+    declare 13000x13000 px and decode to most of a gigabyte."""
+    body.seek(0)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns about what the check below refuses outright (8192² px stays under its limit).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(body)
+        with image:
+            image_format = image.format or "unknown"
+            width, height = image.size
+            if max(width, height) > MAX_RESULT_SIDE:
+                raise DashScopeAPIError(
+                    operation=DOWNLOAD,
+                    message=f"the image from {shown} is {width}x{height} px, larger than any try-on result (at most "
+                    f"{MAX_RESULT_SIDE} px a side), so it was not decoded",
+                    retryable=False,
+                )
+            image.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise _not_an_image(shown, exc) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        if "truncated" in str(exc).lower():
+            raise _transient(f"the image from {shown} is truncated ({exc})") from None
+        raise _not_an_image(shown, exc) from None
+    return image_format, width, height
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _source(url: object) -> tuple[str, str | None]:
+    """The URL to fetch and, when the sensor's dict was passed, the DashScope task id."""
+    task_id = None
+    if isinstance(url, Mapping):
+        if "image_url" not in url:
+            raise DashScopeConfigError(
+                f"image_url is a dict without an 'image_url' key (keys: {', '.join(map(str, url)) or 'none'}); "
+                "pass the result URL or the dict the DashScope sensor returned."
+            )
+        raw_task_id = url.get("task_id")
+        task_id = str(raw_task_id) if raw_task_id else None
+        url = url["image_url"]
+    checked = api.require_url("image_url", url)
+    assert checked is not None  # required=True never returns None
+    return checked, task_id
+
+
+def _check_positive(field_name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DashScopeConfigError(f"{field_name} must be a positive integer, got {value!r}; pass a number ≥ 1.")
+
+
+def _derived_stem(task_id: str | None, url: str) -> str:
+    if task_id:
+        return _safe_stem(task_id)
+    basename = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+    stem = _safe_stem(os.path.splitext(basename)[0]) if basename else ""
+    if stem:
+        return stem
+    # The query string carries a signature that changes on every query; the path does not.
+    parts = urlsplit(url)
+    return "tryon-result-" + hashlib.sha256(f"{parts.netloc}{parts.path}".encode()).hexdigest()[:16]
+
+
+def _safe_stem(text: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return stem[:120]
+
+
+def _extension(image_format: str | None) -> str:
+    if not image_format:
+        return ""
+    return EXTENSIONS.get(image_format.upper(), "." + image_format.lower())
+
+
+def _normalised_suffix(file_name: str) -> str:
+    suffix = os.path.splitext(file_name)[1].lower()
+    return {".jpeg": ".jpg", ".tif": ".tiff"}.get(suffix, suffix)
+
+
+def _content_length(response: requests.Response) -> int | None:
+    try:
+        value = int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _reason(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _transient(message: str) -> DashScopeAPIError:
+    return DashScopeAPIError(operation=DOWNLOAD, message=message, retryable=True)
+
+
+def _too_large(shown: str, max_bytes: int, detail: str) -> DashScopeAPIError:
+    return DashScopeAPIError(
+        operation=DOWNLOAD,
+        message=f"the result at {shown} is larger than max_bytes ({max_bytes} bytes): {detail}; "
+        "raise max_bytes if images this large are expected",
+        retryable=False,
+    )
+
+
+def _not_an_image(shown: str, exc: BaseException) -> DashScopeAPIError:
+    return DashScopeAPIError(
+        operation=DOWNLOAD,
+        message=f"the body of {shown} is not an image Pillow can read ({type(exc).__name__}); "
+        "check that image_url is the try-on result URL and not a web page",
+        retryable=False,
+    )
+
+
+def _missing_destination(field_name: str) -> str:
+    return (
+        f"{field_name} is missing; pass a local path, a file:// URI or an object storage URI "
+        "such as s3://bucket/results/."
+    )
+
+
+def _exists(target: ObjectStoragePath) -> str:
+    return f"destination {target} already exists and overwrite is False; set overwrite=True or choose another path."
+
+
+def _is_dir(path: ObjectStoragePath) -> bool:
+    try:
+        return bool(path.is_dir())
+    except (OSError, NotImplementedError, ValueError):
+        return False
+
+
+def _remove_quietly(path: ObjectStoragePath) -> None:
+    try:
+        path.fs.rm_file(path.path)
+    except FileNotFoundError:
+        pass
+    except Exception:  # cleanup must not mask the error being raised
+        log.warning("Could not remove the temporary file %s.", path, exc_info=True)
+
+
+def _record_lineage(target: ObjectStoragePath) -> None:
+    try:
+        from airflow.sdk.lineage import get_hook_lineage_collector
+
+        get_hook_lineage_collector().add_output_asset(context=target, uri=str(target))
+    except Exception:  # lineage is a courtesy; a saved file must not fail because of it
+        log.debug("Could not record hook lineage for %s.", target, exc_info=True)
