@@ -60,7 +60,11 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": [f"{_PACKAGE}.triggers.dashscope", f"{_PACKAGE}.triggers.batch"],
+                "python-modules": [
+                    f"{_PACKAGE}.triggers.dashscope",
+                    f"{_PACKAGE}.triggers.catalog",
+                    f"{_PACKAGE}.triggers.batch",
+                ],
             }
         ],
         "extra-links": [f"{_PACKAGE}.links.TryOnResultLink"],

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from airflow_provider_aitryon.budget import AccountBudget, RateLimiter, account_budget, forget_budgets
+from airflow_provider_aitryon.engine import AccountEngine, AccountLimits, RateLimiter, engine_for, forget_engines
 
 
 class FakeClock:
@@ -89,17 +91,73 @@ def test_a_429_pauses_the_limiter():
     assert limiter.try_acquire()
 
 
-def test_triggers_of_one_connection_share_one_budget():
-    forget_budgets()
+def test_waiters_of_one_connection_share_one_engine_per_loop():
     clock = FakeClock()
-    a = account_budget("conn_a", query_rate=20, clock=clock)
-    assert account_budget("conn_a") is a
-    assert account_budget("conn_b", clock=clock) is not a
-    assert taken(a.query) == 20
-    assert taken(account_budget("conn_a").query) == 0  # a second trigger gets nothing extra
-    forget_budgets()
+
+    async def main() -> None:
+        a = engine_for("conn_a", AccountLimits(query_rate=20), clock)
+        assert engine_for("conn_a") is a
+        assert engine_for("conn_b", clock=clock) is not a
+        assert taken(a.query) == 20
+        assert taken(engine_for("conn_a").query) == 0  # a second waiter gets nothing extra
+
+    forget_engines()
+    asyncio.run(main())
+    forget_engines()
 
 
-def test_budget_defaults_match_the_account_limits():
-    budget = AccountBudget.create()
-    assert (budget.submit.rate, budget.query.rate, budget.max_running) == (10.0, 20.0, 5)
+def test_engine_defaults_match_the_account_limits():
+    engine = AccountEngine("conn")
+    assert (engine.submit.rate, engine.query.rate, engine.max_running) == (10.0, 20.0, 5)
+
+
+def test_a_429_halves_the_rate_once_per_window_and_it_grows_back_linearly():
+    clock = FakeClock()
+    limiter = RateLimiter(rate=20, clock=clock, increase_per_second=2.0)
+    for _ in range(5):  # five 429s answering one burst are one signal
+        limiter.throttled_by_service(retry_after=0.5)
+    assert limiter.throttled == 5
+    assert limiter.capacity == 10
+    assert limiter.try_acquire() is None  # paused for the Retry-After
+    clock.advance(0.5)
+    assert taken(limiter) == 11  # 0.5 s of additive increase: 10 + 1
+    clock.advance(2.0)
+    limiter.throttled_by_service()
+    assert limiter.capacity == 7  # (10 + 5) / 2, floored
+    clock.advance(60)
+    assert limiter.capacity == 20  # never above the account's ceiling
+
+
+def test_the_adaptive_rate_never_drops_below_its_floor():
+    clock = FakeClock()
+    limiter = RateLimiter(rate=20, clock=clock, floor=2.0)
+    for _ in range(10):
+        limiter.throttled_by_service(retry_after=0.0)
+        clock.advance(1.1)
+    assert limiter.current >= 2.0
+
+
+def test_three_processes_on_one_account_converge_below_its_limit():
+    """AIMD, simulated: three greedy processes, one shared 20-per-second account that refuses the excess."""
+    clock = FakeClock()
+    limiters = [RateLimiter(rate=20, clock=clock) for _ in range(3)]
+    arrivals: list[float] = []
+    refused = sent = 0
+    for _ in range(12000):  # 120 simulated seconds in 10 ms steps
+        for limiter in limiters:
+            while (slot := limiter.try_acquire()) is not None:
+                sent += 1
+                arrivals = [t for t in arrivals if t > clock.now - 1.0]
+                if len(arrivals) >= 20:
+                    refused += 1
+                    limiter.done(slot)
+                    limiter.throttled_by_service(retry_after=1.0)
+                else:
+                    arrivals.append(clock.now)
+                    limiter.done(slot)
+        clock.advance(0.01)
+    accepted = sent - refused
+    assert accepted >= 0.75 * 20 * 120  # most of the account's capacity is used
+    assert refused / sent <= 0.05  # and few requests are refused
+    shares = sorted(limiter.current for limiter in limiters)
+    assert shares[-1] - shares[0] <= 6  # no process starves the others

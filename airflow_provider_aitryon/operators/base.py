@@ -100,12 +100,13 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         assert entry.task_id is not None
         if not self.wait_for_completion:
             return entry.task_id
-        wait = {"poll_interval": self.poll_interval, "timeout": self.wait_timeout, "model": entry.model,
-                "submitted_at": entry.submitted_at}  # fmt: skip
         if self.deferrable:
-            self.defer_until_done(entry.task_id, **wait)
+            self.defer_until_done(entry.task_id, poll_interval=self.poll_interval, timeout=self.wait_timeout,
+                                  model=entry.model, submitted_at=entry.submitted_at)  # fmt: skip
         with airflow_errors():
-            return self._finished(context, self.wait_here(entry.task_id, **wait))
+            result = self.wait_here(entry.task_id, poll_interval=self.poll_interval, timeout=self.wait_timeout,
+                                    model=entry.model, submitted_at=entry.submitted_at)  # fmt: skip
+            return self._finished(context, result)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         return self._finished(context, self.resume_from_event(event))

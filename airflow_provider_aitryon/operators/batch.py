@@ -19,7 +19,7 @@ from airflow_provider_aitryon.catalog import parts_dir, read_chunk, rows_from_re
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.failures import AirflowException, AirflowFailException
 from airflow_provider_aitryon.registry import partition_registry
-from airflow_provider_aitryon.triggers.batch import DashScopeBatchTrigger
+from airflow_provider_aitryon.triggers.catalog import CatalogChunkTrigger as DashScopeBatchTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -37,6 +37,24 @@ def _alive(check: Callable[[str], bool], holder: str) -> bool:
         return True
 
 
+_READ_TRIES = 20
+
+
+def _modified(path: Any) -> float:
+    """When a file was last written (epoch seconds); now, if the store cannot tell."""
+    try:
+        info = path.fs.info(path.path)
+    except Exception:
+        return time.time()
+    for key in ("mtime", "LastModified", "last_modified", "updated"):
+        value = info.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return float(value.timestamp())
+    return time.time()
+
+
 class PartitionBusy(DashScopeConfigError):
     """Another run holds the partition's lease."""
 
@@ -87,10 +105,19 @@ class PartitionLease:
         if not files:
             return None
         generation = max(files)
-        try:
-            data = json.loads(files[generation].read_text())
-        except (OSError, ValueError):
-            data = {}
+        path = files[generation]
+        data: dict[str, Any] = {}
+        for _ in range(_READ_TRIES):
+            try:
+                data = json.loads(path.read_text())
+                break
+            except (OSError, ValueError):
+                # Exclusive create makes the file before its content lands: the winner of a race
+                # is still writing. Read again rather than take an empty file for a lapsed lease.
+                time.sleep(0.05)
+        if not data:
+            # Still unreadable: a holder died mid-write. It holds the lease for a TTL from the write.
+            return LeaseState(generation, "an unknown run", _modified(path) + self.ttl)
         return LeaseState(
             generation=generation,
             holder=str(data.get("holder") or "an unknown run"),
