@@ -21,8 +21,9 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.catalog import (
@@ -43,11 +44,10 @@ from airflow_provider_aitryon.catalog import (
 )
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.engine import AccountEngine, AccountLimits, Slot, Watch, engine_for
-from airflow_provider_aitryon.engine.account import is_throttled
+from airflow_provider_aitryon.engine.account import Transport, is_throttled
 from airflow_provider_aitryon.engine.limits import RateLimiter
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_account_wide
-from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
-from airflow_provider_aitryon.models import Outcome, TaskResult
+from airflow_provider_aitryon.models import Outcome, SubmittedTask, TaskResult
 from airflow_provider_aitryon.registry import (
     INTENT_WINDOW_SECONDS,
     Submission,
@@ -63,6 +63,21 @@ from airflow_provider_aitryon.storage import save_image
 # the in-flight ones only a running chunk knows. An item is in exactly one; the loop moves it along.
 SUBMITTING, SAVING = "submitting", "saving"
 _FAILURE_REPORT_SECONDS = 60.0
+
+
+class ChunkClient(Transport, Protocol):
+    """What a chunk run needs of a client beyond the engine's: submitting and finding lost submits.
+
+    The hook is one (`hooks.dashscope.DashScopeHook`); this module never imports it.
+    """
+
+    async def asubmit(
+        self, call: api.ApiCall, *, claimed: Container[str] | None = None, retry: bool = True
+    ) -> SubmittedTask: ...
+
+    async def afind_submitted(
+        self, call: api.ApiCall, sent_at: float, lost_at: float, *, claimed: Container[str] | None = None
+    ) -> SubmittedTask | None: ...
 
 
 @dataclass
@@ -121,13 +136,20 @@ class ItemState:
 class ChunkRun:
     """One run of one chunk: items, submits in flight, the registry and the lease."""
 
-    def __init__(self, job: ChunkJob, hook: DashScopeHook, log: Any = None) -> None:
+    def __init__(
+        self,
+        job: ChunkJob,
+        hook: ChunkClient,
+        log: Any = None,
+        connect: Callable[[], Transport] | None = None,
+    ) -> None:
         self.t = job
         self.hook = hook
         self.log = log or logging.getLogger(__name__)
         self.engine: AccountEngine = engine_for(
             job.dashscope_conn_id,
             AccountLimits(submit_rate=job.submit_rate, query_rate=job.query_rate, max_running=job.max_running),
+            connect=connect,
         )
         self.clock = self.engine.clock
         self.items: list[ItemState] = []

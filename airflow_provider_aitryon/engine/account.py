@@ -21,7 +21,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.connection import ConnectionSettings
@@ -56,6 +56,20 @@ def task_event(
     }
 
 
+class Transport(Protocol):
+    """What the engine needs of a client: the connection's settings and one unretried request.
+
+    The hook (`hooks.dashscope.DashScopeHook`) is one; the engine never imports it, so the layer
+    below the Airflow roles stays below them.
+    """
+
+    async def asettings(self) -> ConnectionSettings: ...
+
+    async def arun_once(self, call: api.ApiCall) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
 def is_throttled(exc: DashScopeAPIError) -> bool:
     return exc.http_status == 429 or (exc.code or "").startswith("Throttling")
 
@@ -66,11 +80,19 @@ class AccountEngine:
     :param conn_id: the connection (one account) whose tasks are watched.
     :param limits: the account's rates and running slots.
     :param clock: monotonic seconds (tests inject a fake one for the limiters).
+    :param connect: makes the engine's client for this connection (its poll loop owns it).
     """
 
-    def __init__(self, conn_id: str, limits: AccountLimits | None = None, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        limits: AccountLimits | None = None,
+        clock: Clock = time.monotonic,
+        connect: Callable[[], Transport] | None = None,
+    ) -> None:
         limits = limits or AccountLimits()
         self.conn_id = conn_id
+        self.connect = connect
         self.clock = clock
         self.submit = RateLimiter(limits.submit_rate, clock=clock)
         self.query = RateLimiter(limits.query_rate, clock=clock)
@@ -140,11 +162,15 @@ class AccountEngine:
     async def settings(self) -> ConnectionSettings:
         """The connection's settings, loaded once per engine without blocking the loop."""
         if self._settings is None:
-            from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
-
-            hook = DashScopeHook(dashscope_conn_id=self.conn_id)
-            self._settings = await hook.asettings()
+            self._settings = await self._client().asettings()
         return self._settings
+
+    def _client(self) -> Transport:
+        if self.connect is None:
+            raise DashScopeConfigError(
+                f"The DashScope engine for connection {self.conn_id!r} has no client; pass connect= to engine_for."
+            )
+        return self.connect()
 
     def submit_lock(self) -> asyncio.Lock:
         """One submit in flight per account at a time, so a lost reply maps to exactly one task.
@@ -180,9 +206,7 @@ class AccountEngine:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"aitryon-engine-{self.conn_id}")
 
     async def _run(self) -> None:
-        from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
-
-        hook = DashScopeHook(dashscope_conn_id=self.conn_id)
+        hook = self._client()
         in_flight: set[asyncio.Task[None]] = set()
         try:
             try:
@@ -227,7 +251,7 @@ class AccountEngine:
             if self.watches and not asyncio.get_running_loop().is_closed():
                 self._ensure_runner()  # a waiter registered while this loop was shutting down
 
-    async def _look(self, hook: Any, settings: ConnectionSettings, w: Watch, slot: Any) -> None:
+    async def _look(self, hook: Transport, settings: ConnectionSettings, w: Watch, slot: Any) -> None:
         """One status query of one watched task."""
         self.queries += 1
         w.queries += 1
@@ -285,12 +309,23 @@ class AccountEngine:
 _ENGINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AccountEngine]] = weakref.WeakKeyDictionary()
 
 
-def engine_for(conn_id: str, limits: AccountLimits | None = None, clock: Clock = time.monotonic) -> AccountEngine:
-    """The engine of a connection in the running event loop (created on first use with `limits`)."""
+def engine_for(
+    conn_id: str,
+    limits: AccountLimits | None = None,
+    clock: Clock = time.monotonic,
+    connect: Callable[[], Transport] | None = None,
+) -> AccountEngine:
+    """The engine of a connection in the running event loop (created on first use with `limits`).
+
+    :param connect: makes a client for the connection (the hook); kept from the first caller that
+        gives one.
+    """
     engines = _ENGINES.setdefault(asyncio.get_running_loop(), {})
     engine = engines.get(conn_id)
     if engine is None:
-        engine = engines[conn_id] = AccountEngine(conn_id, limits, clock)
+        engine = engines[conn_id] = AccountEngine(conn_id, limits, clock, connect)
+    elif engine.connect is None:
+        engine.connect = connect
     return engine
 
 
@@ -310,6 +345,7 @@ async def wait_for_task(
     conn_id: str,
     task_id: str,
     *,
+    connect: Callable[[], Transport] | None = None,
     model: str | None = None,
     submitted_at: float | None = None,
     end_time: float | None = None,
@@ -324,6 +360,7 @@ async def wait_for_task(
 
     :param conn_id: connection of the task's account.
     :param task_id: the DashScope task id.
+    :param connect: makes a client for the connection (the hook), if the engine has none yet.
     :param model: the task's model, when known (latencies are learned per model).
     :param submitted_at: epoch seconds of the submit, when known.
     :param end_time: epoch seconds after which a ``timeout`` event is returned.
@@ -331,7 +368,7 @@ async def wait_for_task(
     :param max_transient_errors: failed looks in a row (counted in the connection's attempts) to bear.
     :param logger: where failed looks are reported.
     """
-    engine = engine_for(conn_id)
+    engine = engine_for(conn_id, connect=connect)
     try:
         settings = await engine.settings()
     except DashScopeConfigError as exc:

@@ -18,6 +18,7 @@ from airflow_provider_aitryon.errors import DashScopeAPIError
 from airflow_provider_aitryon.failures import airflow_errors
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 from airflow_provider_aitryon.links import TryOnResultLink
+from airflow_provider_aitryon.operators.waiting import DashScopeWaitMixin
 from airflow_provider_aitryon.preflight import InputInspector
 from airflow_provider_aitryon.registry import (
     INTENT_WINDOW_SECONDS,
@@ -29,7 +30,6 @@ from airflow_provider_aitryon.registry import (
     operator_registry,
     operator_scope,
 )
-from airflow_provider_aitryon.waiting import DashScopeWaitMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -11,7 +11,7 @@ from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.failures import AirflowFailException, AirflowSkipException, airflow_errors
 from airflow_provider_aitryon.links import TryOnResultLink
 from airflow_provider_aitryon.models import TaskResult
-from airflow_provider_aitryon.waiting import DashScopeWaitMixin
+from airflow_provider_aitryon.operators.waiting import DashScopeWaitMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -93,7 +93,8 @@ class CatalogChunkTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
         try:
-            event = await ChunkRun(self.job(), hook, self.log).run()
+            connect = lambda: DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)  # noqa: E731
+            event = await ChunkRun(self.job(), hook, self.log, connect=connect).run()
         finally:
             await hook.aclose()
         yield TriggerEvent(event)

@@ -82,6 +82,7 @@ class DashScopeTaskTrigger(BaseTrigger):
         event = await wait_for_task(
             self.dashscope_conn_id,
             self.dashscope_task_id,
+            connect=self._hook,
             model=self.model,
             submitted_at=self.submitted_at,
             end_time=self.end_time,

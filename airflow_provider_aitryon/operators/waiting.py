@@ -104,6 +104,7 @@ class DashScopeWaitMixin:
             wait_for_task(
                 self.dashscope_conn_id,
                 task_id,
+                connect=self._hook,
                 model=model,
                 submitted_at=submitted_at,
                 end_time=time.time() + timeout,
