@@ -710,7 +710,7 @@ def conn_scheme_gopher(env: Env) -> str | None:
 
 @case("connection host where nothing listens", EXHAUSTED,
       f"DashScope submit failed: POST {api.SUBMIT_PATH} to http://127.0.0.1:«port» could not connect or the "
-      "connection dropped (ConnectionError); check the host of connection 'dashscope_default' and that the service "
+      "connection dropped (ConnectError); check the host of connection 'dashscope_default' and that the service "
       "is reachable from here; a transient error, retried with backoff.",
       raises=AirflowException, sends_nothing=True)  # fmt: skip
 def conn_host_unreachable(env: Env) -> str | None:

@@ -1,7 +1,9 @@
-"""DashScopeHook: auth and HTTP for the DashScope try-on API, sync (requests) and async (httpx).
+"""DashScopeHook: auth and HTTP for the DashScope try-on API.
 
-Both paths build requests and parse responses with `airflow_provider_aitryon.api` and retry with
-`airflow_provider_aitryon.retry`; only the transport differs.
+Every verb is written once, async; the sync verbs operators call are thin shells that run it on the
+process's I/O loop (`http_client.run_sync`). So one request core (`http_client.aexchange`: deadline,
+size cap, no redirects) serves both, requests are built and replies parsed by `api`, and retries
+follow `retry`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from collections.abc import Container, Iterator
 from typing import Any
 
 import httpx
-import requests
 from airflow.sdk import BaseHook
-from tenacity import AsyncRetrying, Retrying, stop_after_attempt
+from tenacity import AsyncRetrying, stop_after_attempt
 
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.connection import (
@@ -25,6 +26,7 @@ from airflow_provider_aitryon.connection import (
     ConnectionSettings,
 )
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
+from airflow_provider_aitryon.http_client import Bounds, Overdue, TooLarge, aexchange, io_loop, new_client, run_sync
 from airflow_provider_aitryon.models import SubmittedTask, TaskResult, TaskStatus
 from airflow_provider_aitryon.registry.claims import CLAIMS
 from airflow_provider_aitryon.retry import retry_policy
@@ -71,8 +73,8 @@ class DashScopeHook(BaseHook):
         super().__init__(**kwargs)
         self.dashscope_conn_id = dashscope_conn_id
         self._settings: ConnectionSettings | None = None
-        self._session: requests.Session | None = None
         self._aclient: httpx.AsyncClient | None = None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
 
     # ---------------------------------------------------------------- connection and settings
 
@@ -123,47 +125,19 @@ class DashScopeHook(BaseHook):
         await amask_secret(settings.api_key)
         return settings
 
-    def get_conn(self) -> requests.Session:
-        if self._session is None:
-            self._session = requests.Session()
-        return self._session
+    def get_conn(self) -> ConnectionSettings:
+        """The connection's settings (base URL, key, timeouts); requests go through `run`."""
+        return self.settings
 
     # ---------------------------------------------------------------- transport
 
     def run(self, call: api.ApiCall) -> dict[str, Any]:
         """Send one call with retries; return the JSON payload or raise DashScopeAPIError."""
-        settings = self.settings
-        for attempt in Retrying(**retry_policy(settings, self.log)):
-            with attempt:
-                return self._send(settings, call)
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-    def _send(self, settings: ConnectionSettings, call: api.ApiCall) -> dict[str, Any]:
-        sent = time.time()
-        body = _Body(call, settings, sent)
-        try:
-            # Streamed, so the body is read under a size cap and a deadline, not whole into memory;
-            # no redirects: the API never sends one, and the key must not follow one.
-            with self.get_conn().request(
-                call.method,
-                settings.base_url + call.path,
-                params=call.params or None,
-                json=call.body,
-                headers=call.headers(settings.api_key, settings.workspace),
-                timeout=(settings.connect_timeout, settings.read_timeout),
-                stream=True,
-                allow_redirects=False,
-            ) as response:
-                # read1: whatever has arrived, so a dripping host meets the deadline check.
-                while chunk := response.raw.read1(_CHUNK, decode_content=True):
-                    body.add(chunk)
-        except requests.RequestException as exc:
-            raise _transport_error(call, settings, exc) from None
-        service_clock(settings.base_url).observe_date(response.headers.get("Date"), sent, time.time())
-        return api.decode(call, response.status_code, response.headers, body.data())
+        _ = self.settings  # loaded here, in the caller's thread, where the Airflow connection is
+        return run_sync(self.arun(call))
 
     async def arun(self, call: api.ApiCall) -> dict[str, Any]:
-        """Async twin of run(): same request, parsing and retry policy, never blocks the loop."""
+        """Send one call with the connection's retry policy, never blocking the loop."""
         settings = await self.asettings()
         async for attempt in AsyncRetrying(**retry_policy(settings, self.log)):
             with attempt:
@@ -174,44 +148,52 @@ class DashScopeHook(BaseHook):
         """One attempt, no retry: for callers that pace and retry across many calls themselves."""
         return await self._asend(await self.asettings(), call)
 
-    async def _asend(self, settings: ConnectionSettings, call: api.ApiCall) -> dict[str, Any]:
-        if self._aclient is None:
+    async def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        io = io_loop()
+        if loop is io.loop:
+            return io.shared_client()  # a sync caller's request: the I/O loop's client
+        if self._aclient is None or self._aclient_loop is not loop:
             # Building a client loads the CA bundle from disk (~0.1 s): do it off the event loop,
             # which the triggerer shares with every other trigger.
-            self._aclient = await asyncio.to_thread(
-                httpx.AsyncClient, timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
-            )
-        client = self._aclient
-        sent = time.time()
-        body = _Body(call, settings, sent)
+            self._aclient, self._aclient_loop = await asyncio.to_thread(new_client), loop
+        return self._aclient
 
-        async def exchange() -> httpx.Response:
-            async with client.stream(
+    async def _asend(self, settings: ConnectionSettings, call: api.ApiCall) -> dict[str, Any]:
+        bounds = Bounds(
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            # The deadline covers everything, headers included: a host dripping a byte at a time
+            # never trips the read timeout, and must not hold a worker or the triggerer's loop.
+            deadline=settings.request_deadline,
+            max_bytes=MAX_API_BODY,
+        )
+        try:
+            reply = await aexchange(
+                await self._client(),
                 call.method,
                 settings.base_url + call.path,
+                bounds=bounds,
                 params=call.params or None,
                 json=call.body,
                 headers=call.headers(settings.api_key, settings.workspace),
-            ) as response:
-                async for chunk in response.aiter_bytes(_CHUNK):
-                    body.add(chunk)
-                return response
-
-        try:
-            # The deadline covers everything, headers included: a host dripping a byte at a time
-            # never trips the read timeout, and must not hold the triggerer's loop.
-            response = await asyncio.wait_for(exchange(), timeout=settings.request_deadline)
-        except asyncio.TimeoutError:
-            raise body.overdue() from None
+            )
+        except Overdue:
+            raise _no_reply(call, settings, f"did not finish its reply within {settings.request_deadline:g} s (the "
+                            "connection's request_deadline)") from None  # fmt: skip
+        except TooLarge:
+            raise _no_reply(call, settings, f"sent a reply over {MAX_API_BODY // 1024} KiB (DashScope's are a few "
+                            "KB), so it was abandoned unread") from None  # fmt: skip
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _transport_error(call, settings, exc) from None
-        service_clock(settings.base_url).observe_date(response.headers.get("Date"), sent, time.time())
-        return api.decode(call, response.status_code, response.headers, body.data())
+        service_clock(settings.base_url).observe_date(reply.headers.get("date"), reply.sent, reply.received)
+        return api.decode(call, reply.status, reply.headers, reply.body)
 
     async def aclose(self) -> None:
         if self._aclient is not None:
-            await self._aclient.aclose()
-            self._aclient = None
+            client, self._aclient = self._aclient, None
+            if self._aclient_loop is asyncio.get_running_loop():
+                await client.aclose()
 
     # ---------------------------------------------------------------- API
 
@@ -227,30 +209,13 @@ class DashScopeHook(BaseHook):
 
         :param claimed: task ids never to adopt; default: the deployment's claim index.
         """
-        settings = self.settings
-        submitted: SubmittedTask | None = None
-        for attempt in Retrying(**retry_policy(settings, self.log)):
-            with attempt:
-                sent_at = time.time()
-                try:
-                    submitted = api.parse_submitted(self._send(settings, call))
-                except DashScopeAPIError as exc:
-                    if not exc.ambiguous:
-                        raise
-                    try:
-                        submitted = self.find_submitted(call, sent_at, time.time(), claimed=claimed, cause=exc)
-                    except DashScopeAPIError as looking:
-                        raise _unresolved(exc, looking) from None
-                    if submitted is None:
-                        raise
-        assert submitted is not None
-        self._log_submitted(call, submitted)
-        return submitted
+        _ = self.settings
+        return run_sync(self.asubmit(call, claimed=claimed))
 
     async def asubmit(
         self, call: api.ApiCall, *, claimed: Container[str] | None = None, retry: bool = True
     ) -> SubmittedTask:
-        """Async twin of submit(); with retry=False one attempt (a lost reply is still looked up)."""
+        """submit() for the event loop; with retry=False one attempt (a lost reply is still looked up)."""
         settings = await self.asettings()
         policy = retry_policy(settings, self.log)
         if not retry:
@@ -295,21 +260,8 @@ class DashScopeHook(BaseHook):
         :param claimed: task ids never to adopt; default: the deployment's claim index.
         :param cause: the error that lost the reply, named in logs and messages.
         """
-        settings = self.settings
-        clock = service_clock(settings.base_url)
-        for delay in _calibration_delays(clock):
-            time.sleep(delay)
-            self._probe(settings)
-        lookup = _Lookup(call, sent_at, lost_at, claimed, settings, cause)
-        for _ in range(_LOOKS):
-            time.sleep(_grace(settings))
-            rows = api.listed_tasks(self.run(lookup.list_call(clock, time.time())))
-            for row in lookup.undated(rows):
-                lookup.dated[row.task_id] = api.parse_service_time(self.get_task(row.task_id).submit_time)
-            found = lookup.pick(rows, clock, self.log)
-            if found is not None:
-                return found
-        return None
+        _ = self.settings
+        return run_sync(self.afind_submitted(call, sent_at, lost_at, claimed=claimed, cause=cause))
 
     async def afind_submitted(
         self,
@@ -320,7 +272,7 @@ class DashScopeHook(BaseHook):
         claimed: Container[str] | None = None,
         cause: Exception | None = None,
     ) -> SubmittedTask | None:
-        """Async twin of find_submitted()."""
+        """find_submitted() for the event loop."""
         settings = await self.asettings()
         clock = service_clock(settings.base_url)
         for delay in _calibration_delays(clock):
@@ -338,12 +290,8 @@ class DashScopeHook(BaseHook):
                 return found
         return None
 
-    def _probe(self, settings: ConnectionSettings) -> None:
-        """One cheap request whose only use is its Date header (the connection test's query)."""
-        with contextlib.suppress(DashScopeAPIError):  # an error reply carries a Date header too
-            self._send(settings, api.query_call(CLOCK_PROBE_TASK_ID))
-
     async def _aprobe(self, settings: ConnectionSettings) -> None:
+        """One cheap request whose only use is its Date header (the connection test's query)."""
         with contextlib.suppress(DashScopeAPIError):
             await self._asend(settings, api.query_call(CLOCK_PROBE_TASK_ID))
 
@@ -391,8 +339,8 @@ class DashScopeHook(BaseHook):
 
     def cancel_task(self, task_id: str) -> None:
         """Cancel a task; DashScope only allows this while it is PENDING."""
-        self.run(api.cancel_call(task_id))
-        self.log.info("Canceled DashScope task %s.", task_id)
+        _ = self.settings
+        run_sync(self.acancel_task(task_id))
 
     async def aget_task(self, task_id: str) -> TaskResult:
         return api.parse_task(await self.arun(api.query_call(task_id)), task_id)
@@ -465,57 +413,29 @@ def _unresolved(lost: DashScopeAPIError, looking: DashScopeAPIError) -> DashScop
 
 # DashScope's replies are a few kilobytes; a reply past this is a broken proxy or a hostile host.
 MAX_API_BODY = 1024 * 1024
-_CHUNK = 64 * 1024
 
 
-class _Body:
-    """A reply body read under a size cap and the connection's request deadline."""
-
-    def __init__(self, call: api.ApiCall, settings: ConnectionSettings, sent: float) -> None:
-        self.call, self.settings = call, settings
-        self.deadline = sent + settings.request_deadline
-        self.chunks: list[bytes] = []
-        self.size = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > MAX_API_BODY:
-            raise self._failed(f"sent a reply over {MAX_API_BODY // 1024} KiB (DashScope's are a few KB), so it "
-                               "was abandoned unread")  # fmt: skip
-        if time.time() > self.deadline:
-            raise self.overdue()
-        self.chunks.append(chunk)
-
-    def data(self) -> bytes:
-        return b"".join(self.chunks)
-
-    def overdue(self) -> DashScopeAPIError:
-        return self._failed(f"did not finish its reply within {self.settings.request_deadline:g} s (the connection's "
-                            "request_deadline)")  # fmt: skip
-
-    def _failed(self, what: str) -> DashScopeAPIError:
-        return DashScopeAPIError(
-            operation=self.call.operation,
-            message=f"{self.call.describe()} to {self.settings.base_url} {what}; check the host of connection "
-            f"{self.settings.conn_id!r} and any proxy in between",
-            retryable=True,
-            # The request was sent: a submit may have created a task (looked up, never resent blindly).
-            ambiguous=self.call.operation == "submit",
-        )
+def _no_reply(call: api.ApiCall, settings: ConnectionSettings, what: str) -> DashScopeAPIError:
+    """A reply that was abandoned (too big, too slow): one sentence, retryable, maybe a task made."""
+    return DashScopeAPIError(
+        operation=call.operation,
+        message=f"{call.describe()} to {settings.base_url} {what}; check the host of connection "
+        f"{settings.conn_id!r} and any proxy in between",
+        retryable=True,
+        # The request was sent: a submit may have created a task (looked up, never resent blindly).
+        ambiguous=call.operation == "submit",
+    )
 
 
 def _never_sent(exc: Exception) -> bool:
     """Failed while connecting: the request cannot have reached the service."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout | httpx.ConnectError | httpx.ConnectTimeout):
-        return True
-    return isinstance(exc, requests.exceptions.ConnectionError) and "NewConnectionError" in repr(exc.args)
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
 
 
 def _transport_error(call: api.ApiCall, settings: ConnectionSettings, exc: Exception) -> DashScopeAPIError:
     """No HTTP answer: say where we tried and why, without the library's traceback (or any header)."""
-    timeouts = (requests.Timeout, httpx.TimeoutException)
-    reason = "timed out" if isinstance(exc, timeouts) else "could not connect or the connection dropped"
-    broken_setup = isinstance(exc, requests.exceptions.InvalidURL | httpx.InvalidURL | httpx.UnsupportedProtocol)
+    reason = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not connect or the connection dropped"
+    broken_setup = isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol)
     return DashScopeAPIError(
         operation=call.operation,
         message=f"{call.describe()} to {settings.base_url} {reason} ({type(exc).__name__}); check the host of "
