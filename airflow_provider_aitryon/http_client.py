@@ -69,6 +69,14 @@ class TooLarge(Exception):
         self.received, self.declared = received, declared
 
 
+class Stalled(Exception):
+    """A read timed out: before the headers (``answered`` False) or in the body."""
+
+    def __init__(self, received: int, answered: bool) -> None:
+        super().__init__("the peer stopped sending")
+        self.received, self.answered = received, answered
+
+
 class Overdue(Exception):
     """The exchange did not finish within `Bounds.deadline` (headers or body)."""
 
@@ -88,36 +96,40 @@ async def aexchange(
     json: Any = None,
     sink: IO[bytes] | None = None,
 ) -> Reply:
-    """One bounded request; raises httpx errors, `TooLarge` or `Overdue`.
+    """One bounded request; raises httpx errors, `TooLarge`, `Stalled` or `Overdue`.
 
-    :param sink: write the body here instead of returning it (large images spill to disk).
+    :param sink: write a 2xx body here instead of returning it (large images spill to disk).
     """
     sent = time.time()
     received = 0
+    answered = False
     chunks: list[bytes] = []
 
     async def run() -> Reply:
-        nonlocal received
+        nonlocal received, answered
         timeout = httpx.Timeout(bounds.read_timeout, connect=bounds.connect_timeout)
         async with client.stream(
             method, url, headers=headers, params=params, json=json, timeout=timeout, follow_redirects=False
         ) as response:
+            answered = True
+            # An error page or a redirect is not the content: it stays out of the sink.
+            target = sink if 200 <= response.status_code < 300 else None
             declared = _content_length(response.headers)
-            if declared is not None and declared > bounds.max_bytes:
+            if declared is not None and declared > bounds.max_bytes and method != "HEAD":
                 raise TooLarge(0, declared)
             # Decoded bytes count: a small gzip bomb is as refused as a big body.
             async for chunk in response.aiter_bytes(CHUNK):
                 received += len(chunk)
                 if received > bounds.max_bytes:
                     raise TooLarge(received, declared)
-                if sink is not None:
-                    sink.write(chunk)
+                if target is not None:
+                    target.write(chunk)
                 else:
                     chunks.append(chunk)
             return Reply(
                 status=response.status_code,
                 reason=response.reason_phrase,
-                headers=dict(response.headers),
+                headers=response.headers,  # case-insensitive
                 body=b"".join(chunks),
                 url=str(response.url),
                 sent=sent,
@@ -128,6 +140,8 @@ async def aexchange(
         return await asyncio.wait_for(run(), timeout=bounds.deadline)
     except asyncio.TimeoutError:
         raise Overdue(received) from None
+    except httpx.ReadTimeout:
+        raise Stalled(received, answered) from None
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:

@@ -14,8 +14,10 @@ How an image is fetched, and what is refused without a fetch:
   outcome (405/501, no length, 403 from a URL signed for GET only, an error) just moves on to GET;
 * ``GET`` streamed, reading at most ``MAX_BYTES + 1`` bytes, so a huge or endless body costs at
   most 5 MB; redirects are followed up to ``MAX_REDIRECTS``; connect and read timeouts apply;
-* 5xx, 408, 429 and broken or refused connections are retried a couple of times quickly; a 4xx,
-  a timeout or a redirect loop fails at once.
+* 5xx, 408, 429 and broken or refused connections are retried a couple of times quickly (the one
+  retry policy of `retry`); a 4xx, a timeout or a redirect loop fails at once.
+
+Every fetch goes through the provider's one downloader (`downloads`), under its deadline and cap.
 
 Each URL is fetched at most once per ``InputInspector`` (one inspector per task execution), also
 when two fields name the same URL. Messages show a URL as ``scheme://host/path`` only: the query
@@ -26,22 +28,22 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-import urllib3
 from PIL import Image
 
-from airflow_provider_aitryon import api
+from airflow_provider_aitryon import api, downloads
 from airflow_provider_aitryon.api import shown_url
+from airflow_provider_aitryon.downloads import DownloadBounds, DownloadError, is_transient_status
 from airflow_provider_aitryon.errors import DashScopeConfigError
+from airflow_provider_aitryon.http_client import Reply
 from airflow_provider_aitryon.image_rules import MAX_BYTES, ImageFacts, ImageRuleError, check_byte_size, check_image
+from airflow_provider_aitryon.retry import backoff_delay
 
 PERSON_FIELD = "person_image_url"
 COARSE_FIELD = "coarse_image_url"
@@ -53,8 +55,9 @@ READ_TIMEOUT = 20.0
 # timeout, and must not hold the worker.
 MAX_SECONDS = 60.0
 ATTEMPTS = 3  # for transient failures only: 5xx, 408, 429, refused or broken connections
-RETRY_DELAYS: tuple[float, ...] = (0.2, 0.5)
-TRANSIENT_STATUSES = frozenset({408, 429})
+BACKOFF_BASE = 0.3  # a broken image host is usually back within a second, or not soon
+BACKOFF_CAP = 5.0
+_IDENTITY = {"Accept-Encoding": "identity"}
 
 _CHUNK = 64 * 1024
 _PUBLIC = "DashScope must be able to fetch the image from a public http(s) URL without credentials"
@@ -98,9 +101,10 @@ class _Refused(Exception):
 class _Transient(Exception):
     """A fetch failure another attempt may fix; ``what`` completes "<url> ...": "answered HTTP 503 ..."."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, retry_after: float | None = None) -> None:
         super().__init__(what)
         self.what = what
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,9 @@ class InputInspector:
     :param max_seconds: seconds one image's body may take to arrive, all told.
     :param max_redirects: redirects followed per request before the URL is refused.
     :param attempts: tries per image for transient failures (5xx, 408, 429, broken connections).
-    :param retry_delays: seconds to wait before the 2nd, 3rd, ... try (the last one repeats).
-    :param session: a ``requests.Session`` to use (its ``max_redirects`` is set); default a new one.
+    :param backoff_base: seconds; waits between tries follow the one retry policy (`retry`): full
+        jitter up to ``backoff_base * 2**(try - 1)``, a Retry-After as a floor.
+    :param fetch: the downloader (`downloads.fetch`); tests pass one that must not be called.
     :param logger: where to log what was checked; default this module's logger.
     :param sleep: how to wait between tries (tests pass a no-op).
 
@@ -133,8 +138,8 @@ class InputInspector:
         max_seconds: float = MAX_SECONDS,
         max_redirects: int = MAX_REDIRECTS,
         attempts: int = ATTEMPTS,
-        retry_delays: Sequence[float] = RETRY_DELAYS,
-        session: requests.Session | None = None,
+        backoff_base: float = BACKOFF_BASE,
+        fetch: Callable[..., Reply] = downloads.fetch,
         logger: Any = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -143,12 +148,11 @@ class InputInspector:
         self.max_seconds = max_seconds
         self.max_redirects = max_redirects
         self.attempts = max(1, int(attempts))
-        self.retry_delays = tuple(retry_delays)
+        self.backoff_base = float(backoff_base)
         self.log = logger if logger is not None else log
         self.fetches: list[FetchRecord] = []
         self._sleep = sleep
-        self._own_session = session is None
-        self._session = session
+        self._fetch = fetch
         self._cache: dict[str, _Inspected | _Refused] = {}
 
     # ------------------------------------------------------------------ public API
@@ -173,9 +177,7 @@ class InputInspector:
         return {name: item.facts for name, item in inspected.items()}
 
     def close(self) -> None:
-        if self._own_session and self._session is not None:
-            self._session.close()
-            self._session = None
+        """Nothing to release: connections belong to the process's shared downloader."""
 
     def __enter__(self) -> InputInspector:
         return self
@@ -221,11 +223,14 @@ class InputInspector:
 
     # ------------------------------------------------------------------ fetching
 
-    def _http(self) -> requests.Session:
-        if self._session is None:
-            self._session = requests.Session()
-        self._session.max_redirects = self.max_redirects
-        return self._session
+    def _bounds(self, max_bytes: int) -> DownloadBounds:
+        return DownloadBounds(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            deadline=self.max_seconds,
+            max_bytes=max_bytes,
+            max_redirects=self.max_redirects,
+        )
 
     def _download(self, url: str, shown: str, field: str) -> bytes:
         declared = self._head_length(url, shown)
@@ -234,7 +239,9 @@ class InputInspector:
         failure: _Transient | None = None
         for attempt in range(1, self.attempts + 1):
             if attempt > 1:
-                delay = self.retry_delays[min(attempt - 2, len(self.retry_delays) - 1)] if self.retry_delays else 0.0
+                # The one retry policy: full jitter, a Retry-After as a floor.
+                delay = backoff_delay(attempt - 1, base=self.backoff_base, cap=BACKOFF_CAP,
+                                      retry_after=failure.retry_after if failure else None)  # fmt: skip
                 self.log.warning(
                     "Pre-flight %s: %s %s; trying again in %.1fs (attempt %d of %d).",
                     field, shown, failure.what if failure else "failed", delay, attempt, self.attempts,
@@ -248,86 +255,39 @@ class InputInspector:
         tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
         raise _Refused(f"{shown} {failure.what}{tries}", _PUBLIC)
 
-    def _timeouts(self) -> tuple[float, float]:
-        return (self.connect_timeout, self.read_timeout)
-
     def _head_length(self, url: str, shown: str) -> int | None:
         """Content-Length announced by a successful HEAD, else None (then GET decides alone)."""
         try:
-            with self._http().head(
-                url, allow_redirects=True, timeout=self._timeouts(), headers={"Accept-Encoding": "identity"}
-            ) as resp:
-                self.fetches.append(FetchRecord("HEAD", shown, resp.status_code, 0))
-                if not 200 <= resp.status_code < 300:
-                    return None
-                return _content_length(resp.headers)
-        except requests.RequestException as exc:
+            reply = self._fetch(url, bounds=self._bounds(0), method="HEAD", headers=_IDENTITY)
+        except DownloadError as exc:
             self.fetches.append(FetchRecord("HEAD", shown, None, 0))
-            self.log.debug("Pre-flight HEAD of %s failed (%s); trying GET.", shown, type(exc).__name__)
+            self.log.debug("Pre-flight HEAD of %s failed (%s); trying GET.", shown, exc.kind)
             return None
+        self.fetches.append(FetchRecord("HEAD", shown, reply.status, 0))
+        if not 200 <= reply.status < 300:
+            return None
+        return _content_length(reply.headers)
 
     def _get(self, url: str, shown: str, field: str) -> bytes:
         try:
-            resp = self._http().get(
-                url,
-                stream=True,
-                allow_redirects=True,
-                timeout=self._timeouts(),
-                headers={"Accept-Encoding": "identity"},  # the byte cap then counts the file's own bytes
-            )
-        except requests.RequestException as exc:
-            self.fetches.append(FetchRecord("GET", shown, None, 0))
-            raise self._request_failure(exc, shown) from None
-        data = bytearray()
-        try:
-            status = resp.status_code
-            if status >= 500 or status in TRANSIENT_STATUSES:
-                raise _Transient(f"answered HTTP {_status_text(resp)}")
-            if status >= 400:
-                raise _Refused(f"{shown} answered HTTP {_status_text(resp)}", _PUBLIC)
-            if not 200 <= status < 300:
-                raise _Refused(f"{shown} answered HTTP {_status_text(resp)} instead of the image", _PUBLIC)
-            declared = _content_length(resp.headers)
-            if declared is not None and declared > MAX_BYTES:
-                check_byte_size(declared, field=field)  # raises before reading the body
-            limit = MAX_BYTES + 1
-            started = time.monotonic()
-            while len(data) < limit:
-                # read1: whatever has arrived, so a dripping host meets the deadline check.
-                chunk = resp.raw.read1(min(_CHUNK, limit - len(data)), decode_content=True)
-                if not chunk:
-                    break
-                data += chunk
-                if time.monotonic() - started > self.max_seconds:
-                    raise _Refused(f"{shown} took more than {self.max_seconds:g} s to send the image", _PUBLIC)
-        except urllib3.exceptions.ReadTimeoutError:
-            raise _Refused(f"{shown} stopped sending for more than {self.read_timeout:g} s", _PUBLIC) from None
-        except (urllib3.exceptions.HTTPError, OSError):
-            raise _Transient("broke the connection while sending the image") from None
-        finally:
-            self.fetches.append(FetchRecord("GET", shown, resp.status_code, len(data)))
-            resp.close()  # never drains the rest of an oversized body
-        if len(data) > MAX_BYTES:
-            check_byte_size(len(data), field=field, lower_bound=True)
-        return bytes(data)
-
-    def _request_failure(self, exc: requests.RequestException, shown: str) -> Exception:
-        """Map a requests error to a refusal or a transient failure; exception texts hold full URLs."""
-        if isinstance(exc, requests.TooManyRedirects):
-            return _Refused(f"{shown} redirected more than {self.max_redirects} times", _PUBLIC)
-        if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return _Refused(f"{shown} could not be reached within {self.connect_timeout:g} s", _PUBLIC)
-        if isinstance(exc, requests.Timeout):
-            return _Refused(f"{shown} did not answer within {self.read_timeout:g} s", _PUBLIC)
-        if isinstance(exc, requests.exceptions.SSLError):
-            return _Refused(f"{shown} failed the TLS handshake or certificate check", _PUBLIC)
-        if isinstance(exc, (requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)):
-            return _Refused(f"{shown} redirected to a URL that is not http(s)", _PUBLIC)
-        if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader)):
-            return _Refused(f"{shown} is, or redirected to, a URL that cannot be fetched", _PUBLIC)
-        if isinstance(exc, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
-            return _Transient(f"could not be fetched ({_connection_reason(exc)})")
-        return _Transient(f"could not be fetched ({type(exc).__name__})")
+            # identity: the byte cap then counts the file's own bytes.
+            reply = self._fetch(url, bounds=self._bounds(MAX_BYTES), headers=_IDENTITY)
+        except DownloadError as exc:
+            self.fetches.append(FetchRecord("GET", shown, None, exc.received))
+            if exc.kind == "too_large":
+                check_byte_size(exc.declared or exc.received, field=field, lower_bound=exc.declared is None)
+            if exc.kind == "broken":
+                raise _Transient(exc.reason) from None
+            raise _Refused(f"{shown} {exc.reason}", _PUBLIC) from None
+        self.fetches.append(FetchRecord("GET", shown, reply.status, len(reply.body)))
+        status = reply.status
+        if is_transient_status(status):
+            raise _Transient(f"answered HTTP {_status_text(reply)}", api.retry_after_seconds(reply.headers))
+        if status >= 400:
+            raise _Refused(f"{shown} answered HTTP {_status_text(reply)}", _PUBLIC)
+        if not 200 <= status < 300:
+            raise _Refused(f"{shown} answered HTTP {_status_text(reply)} instead of the image", _PUBLIC)
+        return reply.body
 
 
 # ---------------------------------------------------------------------- helpers
@@ -371,26 +331,6 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
     return length if length >= 0 else None
 
 
-def _status_text(resp: requests.Response) -> str:
-    reason = "".join(ch for ch in str(resp.reason or "") if ch.isprintable()).strip()[:60]
-    return f"{resp.status_code} {reason}" if reason else str(resp.status_code)
-
-
-def _connection_reason(exc: BaseException) -> str:
-    """A short cause found in the exception chain; never the exception text (it holds the URL)."""
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(current, socket.gaierror):
-            return "host name not found"
-        if isinstance(current, ConnectionResetError):
-            return "connection reset or closed early"
-        links = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
-        stack.extend(link for link in links if isinstance(link, BaseException))
-    return "the connection failed"
+def _status_text(reply: Reply) -> str:
+    reason = "".join(ch for ch in str(reply.reason or "") if ch.isprintable()).strip()[:60]
+    return f"{reply.status} {reason}" if reason else str(reply.status)

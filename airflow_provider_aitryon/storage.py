@@ -9,8 +9,9 @@ registry, the catalog and the contact sheet write through ``atomic_write`` too.
 
 Guarantees:
 
-* Only http(s) URLs are fetched; anything else fails before any request is made.
-* The body is streamed with a byte cap, so a runaway or hostile server cannot fill the disk.
+* It downloads through the provider's one downloader (`downloads`): http(s) only, also after a
+  redirect; the body streamed under a byte cap (a runaway or hostile server cannot fill the disk)
+  and one deadline for the whole download, headers included.
 * The content is accepted only if Pillow can decode it as an image; the Content-Type header and
   the file name are not trusted (proxies answer HTML with ``200 OK``). Its size is read from the
   header first: an image over ``MAX_RESULT_SIDE`` px a side is refused without being decoded.
@@ -22,29 +23,27 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
-import http.client
 import logging
 import os
 import re
 import shutil
 import tempfile
-import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import requests
-import urllib3.exceptions
 from airflow.sdk import ObjectStoragePath
 from PIL import Image, UnidentifiedImageError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from airflow_provider_aitryon import api
+from airflow_provider_aitryon import api, downloads
+from airflow_provider_aitryon.downloads import DownloadBounds, DownloadError
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
 from airflow_provider_aitryon.failures import airflow_errors
+from airflow_provider_aitryon.http_client import Reply
 from airflow_provider_aitryon.retry import backoff_delay, is_retryable
 
 log = logging.getLogger(__name__)
@@ -73,9 +72,6 @@ EXPIRED_STATUSES = frozenset({403, 404, 410})
 # create a bucket, so parents are created only on the other file systems.
 FLAT_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2"})
 
-# What a body read can raise: requests wraps urllib3's errors only inside iter_content, and the
-# socket's own errors (reset, timeout) can surface from read1 unwrapped.
-_READ_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tiff"}
 
@@ -186,7 +182,7 @@ def save_image(
     attempts: int = DEFAULT_ATTEMPTS,
     backoff: float = DEFAULT_BACKOFF,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
-    session: requests.Session | None = None,
+    session: Any = None,
 ) -> dict[str, Any]:
     """Download a result image and store it durably; return what was stored.
 
@@ -196,15 +192,17 @@ def save_image(
         directory the file is named ``<name or task id or URL basename><format extension>``, so a
         rerun overwrites the same file instead of adding a copy.
     :param max_bytes: largest body accepted; a longer one is abandoned mid-stream.
-    :param timeout: requests timeout, seconds or (connect, read).
+    :param timeout: seconds, or (connect, read) seconds, per HTTP read.
     :param overwrite: replace an existing file; with False an existing file fails the call before
         anything is downloaded.
     :param conn_id: Airflow connection for the object store (e.g. an ``aws`` connection).
     :param name: file name stem to use in a directory destination, overriding the derived one.
     :param attempts: total tries for transient failures.
     :param backoff: base of the exponential backoff between tries, seconds (full jitter).
-    :param max_seconds: wall-clock budget of one try, so a dripping server cannot hold the worker.
-    :param session: a requests session to reuse connections across many downloads.
+    :param max_seconds: wall-clock budget of one try, headers included, so a dripping server cannot
+        hold the worker (None: ``DEFAULT_MAX_SECONDS``).
+    :param session: ignored; downloads share the provider's one downloader and its connections
+        (`downloads`). Kept so existing calls still work.
     :return: ``uri``, ``bytes``, ``sha256``, ``format``, ``width``, ``height``, ``source_url``.
     :raises AirflowFailException: a bad argument, an expired URL, a body that is not an image or is
         over ``max_bytes``: retrying cannot help.
@@ -226,7 +224,6 @@ def save_image(
             attempts=attempts,
             backoff=backoff,
             max_seconds=max_seconds,
-            session=session,
         )
         try:
             if is_dir:
@@ -267,7 +264,6 @@ def _fetch_with_retries(
     attempts: int,
     backoff: float,
     max_seconds: float | None,
-    session: requests.Session | None,
 ) -> _Fetched:
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -297,84 +293,55 @@ def _fetch_with_retries(
         before_sleep=before_sleep,
         reraise=True,
     )
-    owned = session is None
-    client = session or requests.Session()
-    try:
-        return retrying(_fetch_once, client, url, max_bytes, timeout, max_seconds)
-    finally:
-        if owned:
-            client.close()
+    connect, read = (float(timeout), float(timeout)) if isinstance(timeout, (int, float)) else timeout
+    bounds = DownloadBounds(
+        connect_timeout=connect,
+        read_timeout=read,
+        deadline=max_seconds if max_seconds is not None else DEFAULT_MAX_SECONDS,
+        max_bytes=max_bytes,
+    )
+    return retrying(_fetch_once, url, bounds)
 
 
-def _fetch_once(
-    client: requests.Session,
-    url: str,
-    max_bytes: int,
-    timeout: float | tuple[float, float],
-    max_seconds: float | None,
-) -> _Fetched:
+def _fetch_once(url: str, bounds: DownloadBounds) -> _Fetched:
     shown = api.shown_url(url)
-    started = time.monotonic()
+    # Not a with-block: on success the open spool is handed to the caller, who closes it.
+    body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
     try:
-        response = client.get(url, stream=True, timeout=timeout, headers={"Accept": "image/*"})
-    except requests.RequestException as exc:
-        raise _transient(f"could not reach {shown} ({_reason(exc)})") from None
-
-    with response:
-        _check_status(response, shown)
-        declared = _content_length(response)
-        if declared is not None and declared > max_bytes:
-            raise _too_large(shown, max_bytes, f"it declares {declared} bytes")
-
-        # Not a with-block: on success the open spool is handed to the caller, who closes it.
-        body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115
         try:
-            digest = hashlib.sha256()
-            size = 0
-            chunks = _chunks(response)
-            while True:
-                try:
-                    chunk = next(chunks, b"")
-                except _READ_ERRORS as exc:
-                    raise _transient(f"the connection to {shown} failed after {size} bytes ({_reason(exc)})") from None
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > max_bytes:
-                    raise _too_large(shown, max_bytes, f"more than {max_bytes} bytes arrived")
-                if max_seconds is not None and time.monotonic() - started > max_seconds:
-                    raise _transient(
-                        f"the download of {shown} took longer than max_seconds ({max_seconds:g} s) after {size} bytes"
-                    )
-                digest.update(chunk)
-                body.write(chunk)
-            # requests only checks the length when urllib3 enforces it; a compressed body has a
-            # different decoded size, so only an identity body can be compared.
-            if declared is not None and not response.headers.get("Content-Encoding") and size != declared:
-                raise _transient(f"the body of {shown} was cut short: {size} of {declared} bytes arrived")
-            image_format, width, height = _inspect_image(body, shown)
-            return _Fetched(body, size, digest.hexdigest(), image_format, width, height)
-        except BaseException:
-            body.close()
-            raise
+            reply = downloads.fetch(url, bounds=bounds, headers={"Accept": "image/*"}, sink=body)
+        except DownloadError as exc:
+            raise _download_failure(exc, shown, bounds) from None
+        _check_status(reply, shown)
+        size = body.tell()
+        body.seek(0)
+        digest = hashlib.sha256()
+        while chunk := body.read(CHUNK_SIZE):
+            digest.update(chunk)
+        image_format, width, height = _inspect_image(body, shown)
+        return _Fetched(body, size, digest.hexdigest(), image_format, width, height)
+    except BaseException:
+        body.close()
+        raise
 
 
-def _chunks(response: requests.Response) -> Iterator[bytes]:
-    """The body as it arrives.
+def _download_failure(exc: DownloadError, shown: str, bounds: DownloadBounds) -> DashScopeAPIError:
+    """The downloader's failure as this module's one sentence: permanent or worth another try."""
+    if exc.kind == "too_large":
+        detail = f"it declares {exc.declared} bytes" if exc.declared else f"more than {bounds.max_bytes} bytes arrived"
+        return _too_large(shown, bounds.max_bytes, detail)
+    if exc.kind == "overdue":
+        return _transient(f"the download of {shown} took longer than max_seconds ({bounds.deadline:g} s) after "
+                          f"{exc.received} bytes")  # fmt: skip
+    if exc.kind == "refused":
+        return DashScopeAPIError(operation=DOWNLOAD, message=f"the result URL {shown} {exc.reason}", retryable=False)
+    if exc.received:
+        return _transient(f"the connection to {shown} failed after {exc.received} bytes ({exc.reason})")
+    return _transient(f"could not reach {shown} ({exc.reason})")
 
-    ``iter_content`` blocks until a whole chunk is in, so a server dripping a byte at a time would
-    never reach the ``max_seconds`` check; urllib3 2's ``read1`` returns whatever has arrived.
-    """
-    read1 = getattr(response.raw, "read1", None)
-    if read1 is None:  # urllib3 1.x
-        yield from response.iter_content(CHUNK_SIZE)
-        return
-    while chunk := read1(CHUNK_SIZE, decode_content=True):
-        yield chunk
 
-
-def _check_status(response: requests.Response, shown: str) -> None:
-    status = response.status_code
+def _check_status(response: Reply, shown: str) -> None:
+    status = response.status
     if 200 <= status < 300:
         return
     if status in EXPIRED_STATUSES:
@@ -481,18 +448,6 @@ def _extension(image_format: str | None) -> str:
 def _normalised_suffix(file_name: str) -> str:
     suffix = os.path.splitext(file_name)[1].lower()
     return {".jpeg": ".jpg", ".tif": ".tiff"}.get(suffix, suffix)
-
-
-def _content_length(response: requests.Response) -> int | None:
-    try:
-        value = int(response.headers.get("Content-Length", ""))
-    except ValueError:
-        return None
-    return value if value >= 0 else None
-
-
-def _reason(exc: BaseException) -> str:
-    return type(exc).__name__
 
 
 def _transient(message: str) -> DashScopeAPIError:

@@ -61,6 +61,10 @@ class FetchError(Exception):
     """An input URL could not be downloaded."""
 
 
+class FetchTooLarge(FetchError):
+    """An input image is far over the size rule: the fetch stopped at the cap."""
+
+
 class TaskFailure(Exception):
     """The task fails with this DashScope code and message; ``detail`` is for the emulator log."""
 
@@ -95,6 +99,8 @@ def _decode(data: bytes, field: str) -> Image.Image:
 def _fetch_input(fetch: Fetch, url: str, field: str) -> bytes:
     try:
         return fetch(url)
+    except FetchTooLarge as exc:
+        raise TaskFailure("InvalidInputLength", MSG_INVALID_LENGTH, f"{field}: {exc}") from exc
     except FetchError as exc:
         raise TaskFailure("InvalidURL", MSG_INVALID_URL, f"{field}: {exc}") from exc
 

@@ -69,8 +69,17 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_aitryon import downloads
+from airflow_provider_aitryon.downloads import DownloadBounds, DownloadError
 from airflow_provider_aitryon.emulator.config import EmulatorConfig, apply_updates
-from airflow_provider_aitryon.emulator.imaging import FetchError, RenderCache, Rendered, TaskFailure, run_task
+from airflow_provider_aitryon.emulator.imaging import (
+    FetchError,
+    FetchTooLarge,
+    RenderCache,
+    Rendered,
+    TaskFailure,
+    run_task,
+)
 from airflow_provider_aitryon.emulator.protocol import (
     MSG_CANCEL_NOT_PENDING,
     MSG_INVALID_API_KEY,
@@ -87,7 +96,7 @@ from airflow_provider_aitryon.image_rules import MAX_BYTES
 SIM_STATUSES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED")
 STATS_STATUSES = (*SIM_STATUSES, "EXPIRED")
 FAULT_KINDS = ("5xx", "429", "drop", "slow", "malformed")
-# The User-Agent of the emulator's input fetches.
+# The User-Agent of the emulator's input fetches (an image host, or a test, can tell them from a worker's).
 EMULATOR_FETCH_AGENT = "aitryon-emulator-fetch"
 
 # A fetch larger than this is not read to the end: it already breaks the 5 MB rule.
@@ -242,9 +251,6 @@ class EmulatorState:
         self._busy = 0
         self._idle = threading.Condition(self._lock)
         self._workers: list[threading.Thread] = []
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        # Named like the service's own fetcher, so an image host (and a test) can tell its fetches from a worker's.
-        self._opener.addheaders = [("User-Agent", EMULATOR_FETCH_AGENT)]
         self._render_cache = RenderCache()
 
     # ------------------------------------------------------------------ lifecycle
@@ -414,13 +420,18 @@ class EmulatorState:
         try:
             if not allow_external and host not in LOOPBACK_HOSTS and not host.startswith("127."):
                 raise FetchError(f"the emulator only fetches loopback URLs (allow_external_fetch is off): {url}")
+            # The provider's own downloader, as a real fetcher would be: bounded in time and size.
+            bounds = DownloadBounds(connect_timeout=timeout, read_timeout=timeout, deadline=3 * timeout,
+                                    max_bytes=FETCH_CAP)  # fmt: skip
             try:
-                with self._opener.open(url, timeout=timeout) as resp:
-                    data: bytes = resp.read(FETCH_CAP + 1)
-            except urllib.error.HTTPError as exc:
-                raise FetchError(f"HTTP {exc.code} fetching {url}") from exc
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                raise FetchError(f"cannot fetch {url}: {exc}") from exc
+                reply = downloads.fetch(url, bounds=bounds, headers={"User-Agent": EMULATOR_FETCH_AGENT})
+            except DownloadError as exc:
+                if exc.kind == "too_large":
+                    raise FetchTooLarge(f"{url} is over {FETCH_CAP} bytes") from None
+                raise FetchError(f"cannot fetch {url}: it {exc.reason}") from None
+            if not 200 <= reply.status < 300:
+                raise FetchError(f"HTTP {reply.status} fetching {url}")
+            data = reply.body
         except FetchError:
             with self._lock:
                 self._counters["fetch_errors"] += 1

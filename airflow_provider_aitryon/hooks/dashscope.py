@@ -26,7 +26,16 @@ from airflow_provider_aitryon.connection import (
     ConnectionSettings,
 )
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
-from airflow_provider_aitryon.http_client import Bounds, Overdue, TooLarge, aexchange, io_loop, new_client, run_sync
+from airflow_provider_aitryon.http_client import (
+    Bounds,
+    Overdue,
+    Stalled,
+    TooLarge,
+    aexchange,
+    io_loop,
+    new_client,
+    run_sync,
+)
 from airflow_provider_aitryon.models import SubmittedTask, TaskResult, TaskStatus
 from airflow_provider_aitryon.registry.claims import CLAIMS
 from airflow_provider_aitryon.retry import retry_policy
@@ -184,6 +193,8 @@ class DashScopeHook(BaseHook):
         except TooLarge:
             raise _no_reply(call, settings, f"sent a reply over {MAX_API_BODY // 1024} KiB (DashScope's are a few "
                             "KB), so it was abandoned unread") from None  # fmt: skip
+        except Stalled:  # the read timeout: the same failure whether headers had come or not
+            raise _transport_error(call, settings, httpx.ReadTimeout("read timed out")) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _transport_error(call, settings, exc) from None
         service_clock(settings.base_url).observe_date(reply.headers.get("date"), reply.sent, reply.received)
