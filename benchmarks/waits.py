@@ -216,34 +216,30 @@ def last_seq(emu: Any) -> int:
 
 
 def run_single(latencies: list[float], peers: list[str]) -> list[Figures]:
-    from airflow_provider_aitryon.engine import forget_engines
-
     out: list[Figures] = []
     for latency in latencies:
         emu = start_emulator(latency)
         try:
             point_at(emu.base_url)
-            forget_engines()
-
-            async def provider(n: int) -> tuple[str, float]:
-                task_id, at = await asyncio.to_thread(submit_provider, emu.base_url, n)
-                return task_id, await provider_wait(task_id, at, time.time() + 10 * latency + 60)
-
-            async def scenario() -> None:
-                # One process: the first task teaches the engine this model's latency.
-                for label, n in (("provider first", 1), ("provider learned", 2)):
-                    seq, t0 = last_seq(emu), time.monotonic()
-                    peer = asyncio.to_thread(single_peer, emu, peers, n, latency) if label == "provider first" else None
-                    task = asyncio.ensure_future(peer) if peer is not None else None
-                    task_id, at = await provider(n)
-                    out.append(measure(emu, "single", label, latency, {task_id: at}, t0, seq))
-                    if task is not None:
-                        out.extend(await task)
-
-            asyncio.run(scenario())
+            asyncio.run(single_at(emu, latency, peers, out))
         finally:
             emu.stop()
     return out
+
+
+async def single_at(emu: Any, latency: float, peers: list[str], out: list[Figures]) -> None:
+    """One process (one engine): the first task teaches it this model's latency; the peers run beside it."""
+    from airflow_provider_aitryon.engine import forget_engines
+
+    forget_engines()
+    for label, n in (("provider first", 1), ("provider learned", 2)):
+        seq, t0 = last_seq(emu), time.monotonic()
+        peer = asyncio.ensure_future(asyncio.to_thread(single_peer, emu, peers, n, latency)) if n == 1 else None
+        task_id, at = await asyncio.to_thread(submit_provider, emu.base_url, n)
+        detected = await provider_wait(task_id, at, time.time() + 10 * latency + 60)
+        out.append(measure(emu, "single", label, latency, {task_id: detected}, t0, seq))
+        if peer is not None:
+            out.extend(await peer)
 
 
 def single_peer(emu: Any, peers: list[str], n: int, latency: float) -> list[Figures]:
@@ -327,14 +323,11 @@ def run_processes(processes: int, waits: int, latency: float, peers: list[str]) 
         emu = start_emulator(latency)
         try:
             seq, t0 = last_seq(emu), time.monotonic()
-            children = [
-                subprocess.Popen(
-                    [sys.executable, __file__, "--child", client, "--base-url", emu.base_url, "--first", str(i * per),
-                     "--count", str(per), "--latency", str(latency)],
-                    stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )  # fmt: skip
-                for i in range(processes)
-            ]
+            children = []
+            for i in range(processes):
+                argv = [sys.executable, __file__, "--child", client, "--base-url", emu.base_url,
+                        "--first", str(i * per), "--count", str(per), "--latency", str(latency)]  # fmt: skip
+                children.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
             detected: dict[str, float] = {}
             for child in children:
                 stdout, _ = child.communicate(timeout=per * latency * processes + 600)

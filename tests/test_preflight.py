@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import replies
-import requests
 from airflow.sdk.exceptions import AirflowFailException
 from conftest import FakeTI, remember, set_connection
 from PIL import Image
