@@ -31,8 +31,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check airflow_provider_aitryon dags tests scripts benchmarks
 	$(VENV)/bin/mypy
 
+# Both benchmarks, each printing this provider's figures beside the peers' (about 25 minutes).
 bench: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,bench]"
+	$(PY) benchmarks/waits.py $(BENCH_WAITS_ARGS)
 	$(PY) benchmarks/backfill.py $(BENCH_ARGS)
 
 emulator: $(STAMP)
