@@ -9,8 +9,8 @@ and the catalog's chunks alike) and the emulator's input fetches all call `fetch
 * every failure is one `DownloadError` with a short reason that never quotes the URL (a signed
   URL's query string is a credential): callers prefix the URL as `api.shown_url` shows it.
 
-Statuses are the caller's to judge (an expired result is not a bad input image); `TRANSIENT_STATUSES`
-names those worth another try.
+Statuses are the caller's to judge (an expired result is not a bad input image);
+`is_transient_status` names those worth another try, from the one error table (`errors`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from airflow_provider_aitryon.errors import TRANSIENT_HTTP_STATUSES
 from airflow_provider_aitryon.http_client import Bounds, Overdue, Reply, Stalled, TooLarge, aexchange, io_loop, run_sync
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def is_transient_status(status: int) -> bool:
-    """Worth another try: the host is busy or briefly broken (5xx, 408, 429)."""
-    return status in TRANSIENT_STATUSES or status >= 500
+    """Worth another try: the host is busy or briefly broken (5xx, 408, 429), as in the one error table."""
+    return status in TRANSIENT_HTTP_STATUSES or status >= 500
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from airflow_provider_aitryon import api, downloads
-from airflow_provider_aitryon.downloads import DownloadBounds, DownloadError
+from airflow_provider_aitryon.downloads import DownloadBounds, DownloadError, is_transient_status
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
 from airflow_provider_aitryon.failures import airflow_errors
 from airflow_provider_aitryon.http_client import Reply
@@ -355,7 +355,7 @@ def _check_status(response: Reply, shown: str) -> None:
             ),
             retryable=False,
         )
-    retryable = status in (408, 429) or status >= 500
+    retryable = is_transient_status(status)
     raise DashScopeAPIError(
         operation=DOWNLOAD,
         http_status=status,

@@ -246,10 +246,11 @@ class AccountEngine:
         finally:
             for task in in_flight:
                 task.cancel()
-            await hook.aclose()
             self._runner = None
-            if self.watches and not asyncio.get_running_loop().is_closed():
-                self._ensure_runner()  # a waiter registered while this loop was shutting down
+            with contextlib.suppress(RuntimeError):  # the event loop itself is closing
+                await hook.aclose()
+                if self.watches:
+                    self._ensure_runner()  # a waiter registered while this loop was shutting down
 
     async def _look(self, hook: Transport, settings: ConnectionSettings, w: Watch, slot: Any) -> None:
         """One status query of one watched task."""

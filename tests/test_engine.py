@@ -1,0 +1,191 @@
+"""The per-account engine: every wait of a process through one poll loop that asks when a task should end.
+
+The emulator counts the queries; the waits are real triggers (and a worker-side wait) over HTTP.
+A blind poller at the same ``poll_interval`` would spend ten times the queries these tests allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import pytest
+from conftest import quiet_emulator_config, set_connection
+
+from airflow_provider_aitryon import api
+from airflow_provider_aitryon.emulator import Emulator
+from airflow_provider_aitryon.engine import AccountEngine, QueueModel, Watch, engine_for, forget_engines
+from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
+from airflow_provider_aitryon.models import TaskResult, TaskStatus
+from airflow_provider_aitryon.triggers.dashscope import DashScopeTaskTrigger
+
+LATENCY = 0.6
+POLL = 0.05  # a blind poller would ask ~12 times per task at this interval
+
+
+@pytest.fixture(autouse=True)
+def fresh_engines() -> Any:
+    forget_engines()
+    yield
+    forget_engines()
+
+
+def submit_many(base_url: str, count: int) -> list[tuple[str, float]]:
+    hook = DashScopeHook()
+    out = []
+    for n in range(count):
+        call = api.refiner_call(person_image_url=f"{base_url}/samples/person.png?n={n}",
+                                top_garment_url=f"{base_url}/samples/top.png?n={n}",
+                                coarse_image_url=f"{base_url}/samples/person.png?n={n}", gender="woman")  # fmt: skip
+        out.append((hook.submit(call).task_id, time.time()))
+    return out
+
+
+async def wait_all(tasks: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    async def one(task_id: str, submitted_at: float) -> dict[str, Any]:
+        trigger = DashScopeTaskTrigger(dashscope_task_id=task_id, poll_interval=POLL, end_time=time.time() + 120,
+                                       model=api.MODEL_REFINER, submitted_at=submitted_at)  # fmt: skip
+        return [event.payload async for event in trigger.run()][0]
+
+    return await asyncio.gather(*(one(*t) for t in tasks))
+
+
+def queries_per_task(emu: Emulator, task_ids: set[str]) -> float:
+    gets = [e for e in emu.state.request_log() if e["method"] == "GET" and e["path"].rsplit("/", 1)[-1] in task_ids]
+    return len(gets) / len(task_ids)
+
+
+@pytest.mark.parametrize("report_times", [True, False])
+def test_many_waits_in_one_loop_ask_about_each_task_near_its_end(monkeypatch, report_times):
+    """12 tasks, 5 run at a time: the queue model predicts every end, with or without the service's times."""
+    config = quiet_emulator_config(latency=LATENCY, report_times=report_times, query_rate=20.0, log_requests=True)
+    with Emulator(config) as emu:
+        set_connection(monkeypatch, emu.base_url)
+        tasks = submit_many(emu.base_url, 12)
+        events = asyncio.run(wait_all(tasks))
+        assert [e["status"] for e in events] == ["success"] * 12
+        per_task = queries_per_task(emu, {t for t, _ in tasks})
+        assert per_task <= (2.0 if report_times else 3.0), per_task
+        assert emu.stats()["throttled_by_endpoint"]["query"] == 0
+
+
+def test_a_second_task_of_a_model_is_asked_about_once(monkeypatch):
+    """Once the process has seen one end of the model, the next task is predicted, not probed."""
+    with Emulator(quiet_emulator_config(latency=LATENCY, log_requests=True)) as emu:
+        set_connection(monkeypatch, emu.base_url)
+
+        async def main() -> None:
+            (first,) = submit_many(emu.base_url, 1)
+            await wait_all([first])
+            (second,) = submit_many(emu.base_url, 1)
+            (event,) = await wait_all([second])
+            assert event["status"] == "success"
+            assert queries_per_task(emu, {second[0]}) <= 2
+
+        asyncio.run(main())
+
+
+def test_waits_in_a_worker_use_the_same_engine(monkeypatch):
+    """deferrable=False: the operator waits through the engine in the worker.
+
+    The worker's loop it replaced asked at once and then every ``poll_interval`` (2 queries here);
+    the engine's first look comes a second after the submit, when this 0.2 s task has ended.
+    """
+    from conftest import FakeTI
+
+    from airflow_provider_aitryon.operators.refiner import RefinerSubmitOperator
+
+    with Emulator(quiet_emulator_config(latency=0.2, log_requests=True)) as emu:
+        set_connection(monkeypatch, emu.base_url)
+        op = RefinerSubmitOperator(task_id="r", person_image_url=emu.sample_url("person.png"),
+                                   top_garment_url=emu.sample_url("top.png"),
+                                   coarse_image_url=emu.sample_url("person.png"), gender="woman",
+                                   wait_for_completion=True, deferrable=False, poll_interval=5.0,
+                                   validate_inputs=False)  # fmt: skip
+        result = op.execute({"ti": FakeTI()})
+        assert result["task_status"] == "SUCCEEDED"
+        assert queries_per_task(emu, {result["task_id"]}) == 1
+
+
+def watch(submitted_at: float, **kwargs: Any) -> Watch:
+    return Watch(task_id=f"t{submitted_at}", model="m", submitted_at=submitted_at, **kwargs)
+
+
+def test_the_queue_model_runs_five_at_a_time_first_come_first_served():
+    model = QueueModel(max_running=5)
+    model.learn_latency("m", 10.0)
+    watches = [watch(float(i) / 100) for i in range(7)]
+    model.plan(watches, now=0.1)
+    ends = [round(w.predicted_end, 2) for w in watches]
+    assert ends[:5] == [10.0, 10.01, 10.02, 10.03, 10.04]
+    assert ends[5:] == [20.0, 20.01]  # they start when the first two end
+
+
+def test_a_restored_task_seen_running_without_times_is_not_dated_by_the_uptime():
+    """The bug the engine replaced: a default start of 0 put the start at half the machine's uptime."""
+    model = QueueModel()
+    model.learn_latency("m", 10.0)
+    now = 1_000_000.0  # a machine up 11 days
+    w = watch(now - 3.0)
+    model.plan([w], now)
+    model.observe(w, TaskResult(task_id=w.task_id, status=TaskStatus.RUNNING, raw_status="RUNNING"), now)
+    assert w.started_at is not None and now - 3.0 <= w.started_at <= now
+    model.plan([w], now)
+    assert model.due(w, now, set()) <= now + 10.0
+
+
+def test_other_processes_slots_shrink_the_share_and_early_ends_grow_it():
+    model = QueueModel(max_running=5)
+    model.learn_latency("m", 10.0)
+    late = watch(0.0)
+    model.plan([late], 0.0)
+    model.observe(late, TaskResult(task_id="x", status=TaskStatus.PENDING, raw_status="PENDING"), 5.0)
+    assert model.share < 5  # predicted running at 5 s, still queued: slots are taken elsewhere
+    shrunk = model.share
+    early = watch(20.0)
+    early.predicted_start = 100.0  # predicted far back in the queue
+    model.observe(early, TaskResult(task_id="y", status=TaskStatus.RUNNING, raw_status="RUNNING"), 21.0)
+    assert model.share > shrunk
+
+
+def test_an_unknown_latency_is_probed_by_the_oldest_task_only():
+    model = QueueModel()
+    watches = [watch(0.0, max_interval=5.0), watch(1.0, max_interval=5.0)]
+    model.plan(watches, 1.0)
+    probes = model.probes(watches)
+    assert model.due(watches[0], 1.0, probes) == pytest.approx(1.0)  # 1 s after its submit
+    assert model.due(watches[1], 1.0, probes) == math.inf  # waits for what the probe's end teaches
+
+
+def test_the_engine_loop_stops_when_nothing_is_watched_and_starts_again():
+    class Idle:
+        async def asettings(self) -> Any:
+            from airflow_provider_aitryon.connection import ConnectionSettings
+
+            return ConnectionSettings(conn_id="c", api_key="k", base_url="http://127.0.0.1:9")
+
+        async def arun_once(self, call: api.ApiCall) -> dict[str, Any]:
+            task_id = call.path.rsplit("/", 1)[-1]
+            return {"output": {"task_id": task_id, "task_status": "SUCCEEDED",
+                               "results": {"image_url": f"http://results.example/{task_id}.png"}}}  # fmt: skip
+
+        async def aclose(self) -> None:
+            pass
+
+    async def main() -> None:
+        engine = engine_for("c", connect=Idle)
+        assert isinstance(engine, AccountEngine)
+        for task_id in ("a", "b"):
+            w = engine.watch(task_id, poll_now=True)
+            result = await asyncio.wait_for(w.done, 5)
+            assert result.task_id == task_id and result.status is TaskStatus.SUCCEEDED
+            for _ in range(100):
+                if engine._runner is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert engine._runner is None  # idle: no loop left spinning in the triggerer
+        assert engine.queries == 2
+
+    asyncio.run(main())
