@@ -47,7 +47,8 @@ async def wait_all(tasks: list[tuple[str, float]]) -> list[dict[str, Any]]:
     async def one(task_id: str, submitted_at: float) -> dict[str, Any]:
         trigger = DashScopeTaskTrigger(dashscope_task_id=task_id, poll_interval=POLL, end_time=time.time() + 120,
                                        model=api.MODEL_REFINER, submitted_at=submitted_at)  # fmt: skip
-        return [event.payload async for event in trigger.run()][0]
+        (event,) = [event.payload async for event in trigger.run()]  # exactly one event
+        return event
 
     return await asyncio.gather(*(one(*t) for t in tasks))
 
