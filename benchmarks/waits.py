@@ -185,11 +185,13 @@ def sdk_wait(submitted: Any) -> float:
 # ------------------------------------------------------------------------------------------ measuring
 
 
-def measure(emu: Any, scenario: str, client: str, latency: float, detected: dict[str, float], t0: float,
-            seq_from: int, failed: int = 0) -> Figures:  # fmt: skip
-    """Figures of the tasks in `detected` (task id → monotonic time its waiter had the answer)."""
+def measure(emu: Any, scenario: str, client: str, latency: float, waited: dict[str, float | None], t0: float,
+            seq_from: int) -> Figures:  # fmt: skip
+    """Figures of the tasks in `waited` (task id → monotonic time its waiter had the answer, None: it failed)."""
+    detected = {task_id: at for task_id, at in waited.items() if at is not None}
+    failed = len(waited) - len(detected)
     log = [e for e in emu.state.request_log() if e["seq"] > seq_from and e["method"] == "GET"]
-    queries = [e for e in log if e["path"].split("?")[0].rsplit("/", 1)[-1] in detected]
+    queries = [e for e in log if e["path"].split("?")[0].rsplit("/", 1)[-1] in waited]
     throttled = sum(1 for e in queries if e["status"] == 429)
     ended = {t["task_id"]: t["ended"] for t in emu.state.tasks() if t["task_id"] in detected}
     lags = sorted(max(0.0, detected[task_id] - end) for task_id, end in ended.items() if end is not None)
@@ -197,8 +199,8 @@ def measure(emu: Any, scenario: str, client: str, latency: float, detected: dict
         scenario=scenario,
         client=client,
         latency=latency,
-        tasks=len(detected),
-        queries_per_task=round(len(queries) / max(1, len(detected)), 3),
+        tasks=len(waited),
+        queries_per_task=round(len(queries) / max(1, len(waited)), 3),
         throttled_pct=round(100.0 * throttled / max(1, len(queries)), 2),
         lag_p50=round(statistics.median(lags), 3) if lags else float("nan"),
         lag_max=round(lags[-1], 3) if lags else float("nan"),
@@ -248,7 +250,11 @@ def single_peer(emu: Any, peers: list[str], n: int, latency: float) -> list[Figu
     if "sdk" in peers:
         seq, t0 = last_seq(emu), time.monotonic()
         submitted = submit_sdk(emu.base_url, 100 + n)
-        out.append(measure(emu, "single", "sdk", latency, {submitted.output["task_id"]: sdk_wait(submitted)}, t0, seq))
+        try:
+            detected: float | None = sdk_wait(submitted)
+        except RuntimeError:
+            detected = None
+        out.append(measure(emu, "single", "sdk", latency, {submitted.output["task_id"]: detected}, t0, seq))
     if "loop" in peers:
         import httpx
 
@@ -277,23 +283,29 @@ def run_many(waits: int, latency: float, peers: list[str]) -> list[Figures]:
     return out
 
 
-def many_in_one_process(base_url: str, client: str, numbers: Any, latency: float) -> dict[str, float]:
-    """Submit every task from 5 worker threads; wait for each as `client` does. Task id → detection."""
+def many_in_one_process(base_url: str, client: str, numbers: Any, latency: float) -> dict[str, float | None]:
+    """Submit every task from 5 worker threads; wait for each as `client` does.
+
+    Task id → when its waiter had the answer (monotonic), or None if the waiter failed.
+    """
     numbers = list(numbers)
     deadline = time.time() + len(numbers) * latency + 300
     if client == "sdk":
         with ThreadPoolExecutor(max_workers=len(numbers)) as pool:
             submit_pool = ThreadPoolExecutor(max_workers=5)
 
-            def one(n: int) -> tuple[str, float]:
+            def one(n: int) -> tuple[str, float | None]:
                 submitted = submit_pool.submit(submit_sdk, base_url, n).result()
-                return submitted.output["task_id"], sdk_wait(submitted)
+                try:
+                    return submitted.output["task_id"], sdk_wait(submitted)
+                except RuntimeError:  # the SDK's wait gives up on a 429: the task is lost to its waiter
+                    return submitted.output["task_id"], None
 
             done = dict(pool.map(one, numbers))
             submit_pool.shutdown()
             return done
 
-    async def main() -> dict[str, float]:
+    async def main() -> dict[str, float | None]:
         import httpx
 
         from airflow_provider_aitryon.engine import forget_engines
@@ -303,11 +315,14 @@ def many_in_one_process(base_url: str, client: str, numbers: Any, latency: float
         submit_pool = ThreadPoolExecutor(max_workers=5)
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as http:
 
-            async def one(n: int) -> tuple[str, float]:
+            async def one(n: int) -> tuple[str, float | None]:
                 task_id, at = await loop.run_in_executor(submit_pool, submit_provider, base_url, n)
-                if client == "loop":
-                    return task_id, await loop_wait(http, base_url, task_id, deadline)
-                return task_id, await provider_wait(task_id, at, deadline)
+                try:
+                    if client == "loop":
+                        return task_id, await loop_wait(http, base_url, task_id, deadline)
+                    return task_id, await provider_wait(task_id, at, deadline)
+                except RuntimeError:
+                    return task_id, None
 
             pairs = await asyncio.gather(*(one(n) for n in numbers))
         submit_pool.shutdown()
@@ -328,7 +343,7 @@ def run_processes(processes: int, waits: int, latency: float, peers: list[str]) 
                 argv = [sys.executable, __file__, "--child", client, "--base-url", emu.base_url,
                         "--first", str(i * per), "--count", str(per), "--latency", str(latency)]  # fmt: skip
                 children.append(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
-            detected: dict[str, float] = {}
+            detected: dict[str, float | None] = {}
             for child in children:
                 stdout, _ = child.communicate(timeout=per * latency * processes + 600)
                 if child.returncode != 0:
@@ -352,13 +367,20 @@ def child(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ report
 
 
+HEADER = (f"{'scenario':<10} {'client':<17} {'L s':>5} {'tasks':>5} {'failed':>6} {'q/task':>7} {'429 %':>6} "
+          f"{'lag p50':>8} {'lag max':>8} {'wall s':>7}")  # fmt: skip
+
+
+def row(f: Figures) -> str:
+    return (f"{f.scenario:<10} {f.client:<17} {f.latency:>5g} {f.tasks:>5} {f.failed:>6} {f.queries_per_task:>7.2f} "
+            f"{f.throttled_pct:>6.2f} {f.lag_p50:>8.2f} {f.lag_max:>8.2f} {f.wall_s:>7.1f}")  # fmt: skip
+
+
 def report(results: list[Figures]) -> None:
     print()
-    print(f"{'scenario':<10} {'client':<17} {'L s':>5} {'tasks':>5} {'q/task':>7} {'429 %':>6} {'lag p50':>8} "
-          f"{'lag max':>8} {'wall s':>7}")  # fmt: skip
+    print(HEADER)
     for f in results:
-        print(f"{f.scenario:<10} {f.client:<17} {f.latency:>5g} {f.tasks:>5} {f.queries_per_task:>7.2f} "
-              f"{f.throttled_pct:>6.2f} {f.lag_p50:>8.2f} {f.lag_max:>8.2f} {f.wall_s:>7.1f}")  # fmt: skip
+        print(row(f))
     print()
     for name, goal in GOALS.items():
         print(f"goal {name}: {goal}")
@@ -378,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    # The submit workers' retried 429s would bury the figures; the figures count them anyway.
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
     if args.child:
         return child(args)
     peers = {"all": ["sdk", "loop"], "none": [], "sdk": ["sdk"], "loop": ["loop"]}[args.peers]
@@ -390,12 +413,18 @@ def main(argv: list[str] | None = None) -> int:
             peers.remove("sdk")
     scenarios = args.scenarios.split(",")
     results: list[Figures] = []
-    if "single" in scenarios:
-        results += run_single([float(x) for x in args.latencies.split(",")], peers)
-    if "many" in scenarios:
-        results += run_many(args.waits, args.latency, peers)
-    if "processes" in scenarios:
-        results += run_processes(args.processes, args.waits, args.latency, peers)
+    print(HEADER, flush=True)
+    runs = {
+        "single": lambda: run_single([float(x) for x in args.latencies.split(",")], peers),
+        "many": lambda: run_many(args.waits, args.latency, peers),
+        "processes": lambda: run_processes(args.processes, args.waits, args.latency, peers),
+    }
+    for name, run in runs.items():
+        if name in scenarios:
+            figures = run()
+            for f in figures:
+                print(row(f), flush=True)  # as measured: a later failure keeps these
+            results += figures
     report(results)
     return 0
 

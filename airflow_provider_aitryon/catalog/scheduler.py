@@ -99,7 +99,7 @@ class ChunkJob:
     """
 
     chunk_uri: str
-    output: str
+    output: str = ""
     dashscope_conn_id: str = DEFAULT_CONN_ID
     coarse_model: str = api.MODEL_TRYON
     expected_latency: float = 10.0
@@ -112,6 +112,15 @@ class ChunkJob:
     max_task_failures: int = 2
     storage_conn_id: str | None = None
     lease_holder: str | None = None
+
+    def __post_init__(self) -> None:
+        # Templated operator arguments arrive as text; the scheduler counts in numbers.
+        for name in ("expected_latency", "submit_rate", "query_rate", "progress_interval"):
+            setattr(self, name, float(getattr(self, name)))
+        for name in ("max_outstanding", "max_running", "max_task_failures"):
+            setattr(self, name, int(getattr(self, name)))
+        if self.end_time is not None:
+            self.end_time = float(self.end_time)
 
 
 @dataclass(eq=False)

@@ -100,12 +100,10 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
         assert entry.task_id is not None
         if not self.wait_for_completion:
             return entry.task_id
-        if self.deferrable:
-            self.defer_until_done(entry.task_id, poll_interval=self.poll_interval, timeout=self.wait_timeout,
-                                  model=entry.model, submitted_at=entry.submitted_at)  # fmt: skip
         with airflow_errors():
-            result = self.wait_here(entry.task_id, poll_interval=self.poll_interval, timeout=self.wait_timeout,
-                                    model=entry.model, submitted_at=entry.submitted_at)  # fmt: skip
+            result = self.wait_until_done(entry.task_id, deferrable=self.deferrable, poll_interval=self.poll_interval,
+                                          timeout=self.wait_timeout, model=entry.model,
+                                          submitted_at=entry.submitted_at)  # fmt: skip
             return self._finished(context, result)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:

@@ -68,38 +68,41 @@ class DashScopeWaitMixin:
             raise AirflowFailException(failure_sentence(result))
         return None
 
-    def defer_until_done(
+    def wait_until_done(
         self,
         task_id: str,
         *,
-        poll_interval: float,
-        timeout: float,
-        model: str | None = None,
-        submitted_at: float | None = None,
-    ) -> None:
-        """Hand the wait to the triggerer, where the account's engine watches the task."""
-        self.defer(
-            trigger=DashScopeTaskTrigger(
-                dashscope_task_id=task_id,
-                dashscope_conn_id=self.dashscope_conn_id,
-                poll_interval=poll_interval,
-                end_time=time.time() + timeout,  # absolute: a resumed trigger keeps the same deadline
-                model=model,
-                submitted_at=submitted_at,
-            ),
-            method_name="execute_complete",
-        )
-
-    def wait_here(
-        self,
-        task_id: str,
-        *,
+        deferrable: bool,
         poll_interval: float,
         timeout: float,
         model: str | None = None,
         submitted_at: float | None = None,
     ) -> dict[str, Any]:
-        """Wait in this worker (``deferrable=False``): the same engine and events as the triggerer."""
+        """Wait for the task through the account's engine: in the triggerer (deferred) or in this worker.
+
+        Either way the same routine (`engine.wait_for_task`) watches the task and ends the wait
+        with the same event, which `resume_from_event` turns into the result or the failure.
+
+        :param task_id: the DashScope task id.
+        :param deferrable: hand the wait to the triggerer (no worker slot held) instead of waiting here.
+        :param poll_interval: the longest gap between two queries while the end cannot be predicted.
+        :param timeout: seconds to wait before the wait times out.
+        :param model: the task's model, when known (latencies are learned per model).
+        :param submitted_at: epoch seconds of the submit, when known.
+        """
+        end_time = time.time() + timeout  # absolute: a resumed trigger keeps the same deadline
+        if deferrable:
+            self.defer(
+                trigger=DashScopeTaskTrigger(
+                    dashscope_task_id=task_id,
+                    dashscope_conn_id=self.dashscope_conn_id,
+                    poll_interval=poll_interval,
+                    end_time=end_time,
+                    model=model,
+                    submitted_at=submitted_at,
+                ),
+                method_name="execute_complete",
+            )
         event = asyncio.run(
             wait_for_task(
                 self.dashscope_conn_id,
@@ -107,7 +110,7 @@ class DashScopeWaitMixin:
                 connect=self._hook,
                 model=model,
                 submitted_at=submitted_at,
-                end_time=time.time() + timeout,
+                end_time=end_time,
                 poll_interval=poll_interval,
                 logger=self.log,
             )

@@ -90,8 +90,9 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
         if done.is_done:
             return done.xcom_value
         seen = self._last_seen
-        self.defer_until_done(
+        self.wait_until_done(
             self.dashscope_task_id,
+            deferrable=True,
             poll_interval=self.poke_interval,
             timeout=self.timeout,
             # When the service reports it, the submit time lets the engine predict the end.
