@@ -50,7 +50,9 @@ class DashScopeSubmitOperator(DashScopeWaitMixin, BaseOperator):
     :param dashscope_conn_id: connection of type ``dashscope``.
     :param wait_for_completion: also wait for the task and return its result dict (the sensor's).
     :param deferrable: wait in the triggerer rather than in the worker (with wait_for_completion).
-    :param poll_interval: seconds between status queries while waiting.
+    :param poll_interval: the longest gap between two status queries while the account's engine
+        cannot yet predict the task's end; once it can (a task of the model has ended in this
+        process), it asks just after the predicted end instead.
     :param wait_timeout: seconds to wait before failing; a task still PENDING then is canceled.
     :param validate_inputs: before submitting, fetch every input image (HEAD, then a GET capped at
         5 MB + 1 byte) and check the service's input rules (5 KB to 5 MB; JPEG, PNG or BMP by

@@ -22,8 +22,9 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
 
     The one sensor for any DashScope try-on task: it polls ``GET /api/v1/tasks/{id}``, the same for
     coarse (``aitryon``, ``aitryon-plus``) and refiner tasks. Deferrable by default: the waiting
-    happens in the triggerer and holds no worker slot; ``deferrable=False`` gives the classic poke
-    and reschedule modes.
+    happens in the triggerer, through the account's engine (shared budgets, queries when the task
+    should have ended), and holds no worker slot; ``deferrable=False`` gives the classic poke and
+    reschedule modes.
 
     On success it returns ``{"task_id", "task_status", "image_url", "usage", "request_id", ...}``.
     FAILED, CANCELED and UNKNOWN (expired or never existed) raise AirflowFailException with the
@@ -32,7 +33,8 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
 
     :param dashscope_task_id: the task id to wait for (templated; ``submit.output`` works).
     :param dashscope_conn_id: connection of type ``dashscope``.
-    :param poke_interval: seconds between status queries.
+    :param poke_interval: seconds between pokes (``deferrable=False``); deferred, the longest gap
+        between two queries while the account's engine cannot yet predict the task's end.
     :param timeout: seconds before the sensor gives up.
     :param deferrable: wait in the triggerer (default True).
     :param cancel_on_timeout: cancel a still-PENDING task when the sensor times out.
