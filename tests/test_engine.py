@@ -7,6 +7,7 @@ A blind poller at the same ``poll_interval`` would spend ten times the queries t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from typing import Any
@@ -188,5 +189,46 @@ def test_the_engine_loop_stops_when_nothing_is_watched_and_starts_again():
                 await asyncio.sleep(0.01)
             assert engine._runner is None  # idle: no loop left spinning in the triggerer
         assert engine.queries == 2
+
+    asyncio.run(main())
+
+
+def test_a_busy_engine_reads_the_connection_again_every_few_minutes():
+    """A triggerer that never goes idle still picks up a rotated key: the settings are not cached forever."""
+    from airflow_provider_aitryon.connection import ConnectionSettings
+    from airflow_provider_aitryon.engine.account import SETTINGS_TTL
+
+    now = [1000.0]
+    keys = (f"key-{n}" for n in itertools.count(1))
+    seen: list[str] = []
+
+    class Rotating:
+        def __init__(self) -> None:
+            self.key = next(keys)
+
+        async def asettings(self) -> Any:
+            return ConnectionSettings(conn_id="c", api_key=self.key, base_url="http://127.0.0.1:9")
+
+        async def arun_once(self, call: api.ApiCall) -> dict[str, Any]:
+            seen.append(self.key)
+            task_id = call.path.rsplit("/", 1)[-1]
+            status = "SUCCEEDED" if task_id == "done" else "RUNNING"
+            return {"output": {"task_id": task_id, "task_status": status,
+                               "results": {"image_url": "http://results.example/x.png"}}}  # fmt: skip
+
+        async def aclose(self) -> None:
+            pass
+
+    async def main() -> None:
+        engine = engine_for("c", clock=lambda: now[0], connect=Rotating)
+        running = engine.watch("long", poll_now=True, max_interval=0.01)  # keeps the loop busy
+        while not seen:
+            await asyncio.sleep(0.01)
+        now[0] += SETTINGS_TTL + 1
+        done = engine.watch("done", poll_now=True)
+        await asyncio.wait_for(done.done, 5)
+        engine.forget(running)
+        assert (await engine.settings()).api_key != "key-1"
+        assert seen[0] == "key-1" and seen[-1] != "key-1"
 
     asyncio.run(main())

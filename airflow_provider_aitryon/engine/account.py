@@ -33,6 +33,9 @@ from airflow_provider_aitryon.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 
+# Seconds the connection's settings (and the poll loop's client) are used before being read again.
+SETTINGS_TTL = 300.0
+
 # Event statuses beyond the task outcomes (success / failure) a waiter can end with.
 EVENT_TIMEOUT = "timeout"
 EVENT_ERROR = "error"
@@ -68,6 +71,14 @@ class Transport(Protocol):
     async def arun_once(self, call: api.ApiCall) -> dict[str, Any]: ...
 
     async def aclose(self) -> None: ...
+
+
+async def _close_later(client: Transport, busy: set[asyncio.Task[None]]) -> None:
+    """Close a replaced client once the requests it carries have landed."""
+    others = [t for t in busy if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=60)
+    await client.aclose()
 
 
 def is_throttled(exc: DashScopeAPIError) -> bool:
@@ -108,6 +119,7 @@ class AccountEngine:
         self._runner: asyncio.Task[None] | None = None
         self._submit_lock: asyncio.Lock | None = None
         self._settings: ConnectionSettings | None = None
+        self._settings_at = -math.inf
 
     # ------------------------------------------------------------------ waiters
 
@@ -160,9 +172,10 @@ class AccountEngine:
             w.done.cancel()
 
     async def settings(self) -> ConnectionSettings:
-        """The connection's settings, loaded once per engine without blocking the loop."""
-        if self._settings is None:
+        """The connection's settings, read again every few minutes (a rotated key is picked up)."""
+        if self._settings is None or self.clock() - self._settings_at > SETTINGS_TTL:
             self._settings = await self._client().asettings()
+            self._settings_at = self.clock()
         return self._settings
 
     def _client(self) -> Transport:
@@ -207,6 +220,7 @@ class AccountEngine:
 
     async def _run(self) -> None:
         hook = self._client()
+        born = self.clock()
         in_flight: set[asyncio.Task[None]] = set()
         try:
             try:
@@ -217,6 +231,12 @@ class AccountEngine:
                 return
             while self.watches:
                 now = self.clock()
+                if now - born > SETTINGS_TTL:
+                    # A busy triggerer never goes idle: renew the client so an edited connection
+                    # (a rotated key, a new host) takes effect without a restart.
+                    old, hook, born = hook, self._client(), now
+                    settings = await self.settings()
+                    in_flight.add(asyncio.ensure_future(_close_later(old, in_flight)))
                 while self._due and self._due[0][0] <= now:
                     _, _, gen, w = self._due[0]
                     if gen != w.gen or w.polling or w not in self.watches:
