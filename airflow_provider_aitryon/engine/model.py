@@ -16,8 +16,8 @@ What it learns, per process and per model:
   (multiplicative), and a task found running or ended earlier than predicted grows it (additive).
 
 Until a model's latency is known, the oldest task of that model is looked at on a widening schedule
-(1 s, then half the time waited so far, never more than the waiter's ``max_interval``) and the
-others wait for what its end teaches. Nothing here depends on the
+(1, 2, 3, 5, 7, 9, 13, 17, 21 s after the submit, then every 5 s; gaps never longer than the
+waiter's ``max_interval``) and the others wait for what its end teaches. Nothing here depends on the
 machine's uptime: every time is a difference of times this process saw.
 """
 
@@ -32,8 +32,13 @@ from airflow_provider_aitryon import api
 from airflow_provider_aitryon.models import TaskResult
 
 # How many of a model's oldest tasks are looked at on the widening schedule while its latency is
-# unknown; the rest are predicted from them, or looked at every `max_interval`.
+# unknown; the rest wait for what their ends teach.
 _BLIND_PROBES = 1
+# The widening schedule: the gaps the official SDK's wait() uses (1, 1, 1, 2, 2, 2, 4, 4, 4, then 5),
+# each capped by the waiter's `max_interval`. The SDK also asks at once, when a task just submitted
+# cannot have ended; the engine does not.
+_BLIND_STEPS = (1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 4.0, 4.0, 4.0)
+_BLIND_LAST_STEP = 5.0
 
 
 @dataclass(eq=False)
@@ -222,9 +227,8 @@ class QueueModel:
             if id(watch) not in probes:
                 # Queued behind the probe of its model: its end is predicted once the probe's is seen.
                 return math.inf
-            base = max(watch.last_seen, watch.submitted_at)
-            step = min(max(0.5 * (base - watch.submitted_at), floor), watch.max_interval)
-            return max(base + step, watch.not_before)
+            waited = max(watch.last_seen, watch.submitted_at) - watch.submitted_at
+            return max(watch.submitted_at + _next_blind_look(waited, watch.max_interval), watch.not_before)
         latency = self.latency_for(watch)
         due = watch.predicted_end + self.margin(watch)
         if watch.late_looks:
@@ -249,3 +253,14 @@ class QueueModel:
                 by_model[watch.model] = by_model.get(watch.model, 0) + 1
                 chosen.add(id(watch))
         return chosen
+
+
+def _next_blind_look(waited: float, max_interval: float) -> float:
+    """Seconds after the submit of the first look of the widening schedule later than `waited`."""
+    at = 0.0
+    for gap in _BLIND_STEPS:
+        at += min(gap, max_interval)
+        if at > waited + 1e-6:
+            return at
+    last = min(_BLIND_LAST_STEP, max_interval)
+    return at + (math.floor(max(0.0, waited - at) / last + 1e-9) + 1) * last
