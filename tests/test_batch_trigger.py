@@ -209,3 +209,24 @@ def test_failures_are_logged_by_class_while_the_chunk_works(emulator, tmp_path, 
     faults = emulator.stats()["faults"]["5xx"]
     reported = sum(int(n) for line in lines for n in re.findall(r"(\d+) x \w+ HTTP 50[03]", line))
     assert reported == faults  # every failure counted once, none invented
+
+
+def test_a_trigger_serialized_by_an_earlier_release_still_loads():
+    """Deferred chunks outlive upgrades: the old classpath and kwargs rebuild the same chunk run."""
+    from airflow.sdk.module_loading import import_string
+
+    from airflow_provider_aitryon.triggers.catalog import CatalogChunkTrigger
+
+    old_kwargs = {
+        "chunk_uri": "/data/chunks/c1.jsonl", "journal_uri": "/data/journals/c1.jsonl", "output": "/data/out",
+        "dashscope_conn_id": "dashscope_default", "coarse_model": "aitryon", "expected_latency": 10.0,
+        "max_outstanding": 20, "submit_rate": 10.0, "query_rate": 20.0, "max_running": 5,
+        "end_time": 1_900_000_000.0, "progress_interval": 30.0, "max_task_failures": 2,
+        "storage_conn_id": None, "lease_holder": "dag/run",
+    }  # fmt: skip
+    trigger = import_string("airflow_provider_aitryon.triggers.batch.DashScopeBatchTrigger")(**old_kwargs)
+    assert isinstance(trigger, CatalogChunkTrigger)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_aitryon.triggers.catalog.CatalogChunkTrigger"
+    assert kwargs == old_kwargs
+    assert import_string(classpath)(**kwargs).serialize() == (classpath, kwargs)
