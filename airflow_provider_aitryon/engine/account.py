@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.connection import ConnectionSettings
+from airflow_provider_aitryon.engine import memory
 from airflow_provider_aitryon.engine.limits import AccountLimits, Clock, RateLimiter
 from airflow_provider_aitryon.engine.model import QueueModel, Watch
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_account_wide
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # Seconds the connection's settings (and the poll loop's client) are used before being read again.
 SETTINGS_TTL = 300.0
+# Seconds between two writes of the learned latencies (`engine.memory`).
+REMEMBER_EVERY = 60.0
 
 # Event statuses beyond the task outcomes (success / failure) a waiter can end with.
 EVENT_TIMEOUT = "timeout"
@@ -120,6 +123,8 @@ class AccountEngine:
         self._submit_lock: asyncio.Lock | None = None
         self._settings: ConnectionSettings | None = None
         self._settings_at = -math.inf
+        self._remembered_at = -math.inf
+        self._background: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ waiters
 
@@ -174,9 +179,22 @@ class AccountEngine:
     async def settings(self) -> ConnectionSettings:
         """The connection's settings, read again every few minutes (a rotated key is picked up)."""
         if self._settings is None or self.clock() - self._settings_at > SETTINGS_TTL:
+            first = self._settings is None
             self._settings = await self._client().asettings()
             self._settings_at = self.clock()
+            if first:  # what other processes learned: no blind start where a latency is known
+                self.model.prime(await asyncio.to_thread(memory.load, self.conn_id))
         return self._settings
+
+    def _remember(self) -> None:
+        """Keep the learned latencies for the next process, at most once a minute."""
+        now = self.clock()
+        if now - self._remembered_at < REMEMBER_EVERY:
+            return
+        self._remembered_at = now
+        task = asyncio.ensure_future(asyncio.to_thread(memory.save, self.conn_id, self.model.snapshot()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _client(self) -> Transport:
         if self.connect is None:
@@ -294,6 +312,7 @@ class AccountEngine:
             w.poll_now = False
             if result.status.is_terminal:
                 self._resolve(w, result)
+                self._remember()
         finally:
             w.polling = False
             self._replan()

@@ -117,6 +117,21 @@ class QueueModel:
             known.seen += 1
         self.ends_seen += 1
 
+    def snapshot(self) -> dict[str, Any]:
+        """The learned latencies, JSON-safe (for `engine.memory`)."""
+        return {model: {"mean": k.mean, "spread": k.spread, "seen": k.seen} for model, k in self.latencies.items()}
+
+    def prime(self, remembered: dict[str, Any]) -> None:
+        """Start from latencies another process learned; what this process saw itself wins."""
+        for model, known in remembered.items():
+            try:
+                mean, spread = float(known["mean"]), float(known.get("spread") or 0.0)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if model not in self.latencies and math.isfinite(mean) and mean > 0:
+                # Counted as seen once: the first end in this process replaces it if it is far off.
+                self.latencies[model] = ModelLatency(mean, spread if math.isfinite(spread) else 0.0, 1)
+
     def margin(self, watch: Watch) -> float:
         """How long after a predicted end to ask: enough for the spread, small against the latency."""
         latency = self.latency_for(watch)
