@@ -157,3 +157,8 @@ def classify_retryable(http_status: int | None, code: str | None) -> bool:
 def is_account_wide(code: str | None) -> bool:
     """Whether an error code stops every request of the account, not just this one."""
     return code in ACCOUNT_WIDE_CODES
+
+
+def is_throttled(exc: DashScopeAPIError) -> bool:
+    """The service refused for rate or quota (HTTP 429, any ``Throttling*`` code): slow down."""
+    return exc.http_status == 429 or (exc.code or "").startswith("Throttling")

@@ -288,3 +288,17 @@ def test_the_engine_starts_from_remembered_latencies(monkeypatch):
         assert saved and saved[-1]["aitryon-refiner"]["mean"] == pytest.approx(0.8 * 7.5 + 0.2 * 8.0)
 
     asyncio.run(main())
+
+
+def test_worker_threads_of_one_process_share_one_submit_pace(monkeypatch):
+    """Submit operators running side by side in one process keep under the account's 10 submits/s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Emulator(quiet_emulator_config(latency=0.1, submit_rate=10.0, log_requests=False)) as emu:
+        set_connection(monkeypatch, emu.base_url)
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            ids = list(pool.map(lambda n: submit_many(emu.base_url + f"/x{n}", 1)[0][0], range(30)))
+        assert len(set(ids)) == 30
+        stats = emu.stats()
+        assert stats["submits_accepted"] == 30
+        assert stats["throttled_by_endpoint"]["submit"] == 0  # unpaced, 6 threads send ~30 in the first second

@@ -44,9 +44,9 @@ from airflow_provider_aitryon.catalog import (
 )
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.engine import AccountEngine, AccountLimits, Slot, Watch, engine_for
-from airflow_provider_aitryon.engine.account import Transport, is_throttled
+from airflow_provider_aitryon.engine.account import Transport
 from airflow_provider_aitryon.engine.limits import RateLimiter
-from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_account_wide
+from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_account_wide, is_throttled
 from airflow_provider_aitryon.models import Outcome, SubmittedTask, TaskResult
 from airflow_provider_aitryon.registry import (
     INTENT_WINDOW_SECONDS,

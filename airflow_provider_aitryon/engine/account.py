@@ -28,7 +28,7 @@ from airflow_provider_aitryon.connection import ConnectionSettings
 from airflow_provider_aitryon.engine import memory
 from airflow_provider_aitryon.engine.limits import AccountLimits, Clock, RateLimiter
 from airflow_provider_aitryon.engine.model import QueueModel, Watch
-from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_account_wide
+from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_account_wide, is_throttled
 from airflow_provider_aitryon.models import TaskResult
 from airflow_provider_aitryon.retry import backoff_delay
 
@@ -82,10 +82,6 @@ async def _close_later(client: Transport, busy: set[asyncio.Task[None]]) -> None
     if others:
         await asyncio.wait(others, timeout=60)
     await client.aclose()
-
-
-def is_throttled(exc: DashScopeAPIError) -> bool:
-    return exc.http_status == 429 or (exc.code or "").startswith("Throttling")
 
 
 class AccountEngine:

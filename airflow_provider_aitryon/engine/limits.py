@@ -18,8 +18,10 @@ Time comes from an injectable clock so the pacing is tested without waiting.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -111,6 +113,12 @@ class RateLimiter:
         """Send nothing for a while (the service asked for it)."""
         self.pause_until = max(self.pause_until, self.clock() + seconds)
 
+    async def acquire(self) -> Slot:
+        """Wait for a slot (pass it to `done` when the reply is in)."""
+        while (slot := self.try_acquire()) is None:
+            await asyncio.sleep(max(0.005, self.wait_time()))
+        return slot
+
     def throttled_by_service(self, retry_after: float | None = None) -> None:
         """The service answered 429: halve this process's rate and pause for its Retry-After.
 
@@ -133,3 +141,17 @@ class AccountLimits:
     submit_rate: float = 10.0
     query_rate: float = 20.0
     max_running: int = 5
+
+
+# Limiters of callers outside any engine (the submit operators, many worker threads of one process
+# on the I/O loop), keyed by event loop and service: one adaptive pace per process and account.
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, RateLimiter]] = weakref.WeakKeyDictionary()
+
+
+def shared_limiter(kind: str, service: str, rate: float) -> RateLimiter:
+    """The process's adaptive limiter for one kind of request (``submit``) to one service."""
+    limiters = _SHARED.setdefault(asyncio.get_running_loop(), {})
+    key = f"{kind} {service}"
+    if key not in limiters:
+        limiters[key] = RateLimiter(rate)
+    return limiters[key]

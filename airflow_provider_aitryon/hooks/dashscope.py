@@ -25,7 +25,8 @@ from airflow_provider_aitryon.connection import (
     EXTRA_FIELDS,
     ConnectionSettings,
 )
-from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
+from airflow_provider_aitryon.engine.limits import AccountLimits, shared_limiter
+from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_throttled
 from airflow_provider_aitryon.http_client import (
     Bounds,
     Overdue,
@@ -61,6 +62,8 @@ def _grace(settings: ConnectionSettings) -> float:
 
 # A task id that cannot exist: querying it proves the URL and the key without touching real tasks.
 _CONNECTION_PROBE_TASK_ID = "airflow-connection-test"
+# The account's submit rate (DashScope: 10/s): the ceiling of the process's adaptive submit pace.
+SUBMIT_RATE = AccountLimits().submit_rate
 # Another one, queried only for the Date header of its reply (clock calibration).
 CLOCK_PROBE_TASK_ID = "aitryon-clock-probe"
 
@@ -226,18 +229,27 @@ class DashScopeHook(BaseHook):
     async def asubmit(
         self, call: api.ApiCall, *, claimed: Container[str] | None = None, retry: bool = True
     ) -> SubmittedTask:
-        """submit() for the event loop; with retry=False one attempt (a lost reply is still looked up)."""
+        """submit() for the event loop; with retry=False one attempt (a lost reply is still looked up).
+
+        With retry (the submit operators), attempts are paced by the process's adaptive submit
+        limiter (`engine.limits`): many workers of one process share the account's 10 submits/s
+        and halve their pace on a 429. Callers with retry=False pace themselves (the catalog's engine).
+        """
         settings = await self.asettings()
         policy = retry_policy(settings, self.log)
         if not retry:
             policy["stop"] = stop_after_attempt(1)
+        pace = shared_limiter("submit", settings.base_url, SUBMIT_RATE) if retry else None
         submitted: SubmittedTask | None = None
         async for attempt in AsyncRetrying(**policy):
             with attempt:
                 sent_at = time.time()
+                slot = await pace.acquire() if pace is not None else None
                 try:
                     submitted = api.parse_submitted(await self._asend(settings, call))
                 except DashScopeAPIError as exc:
+                    if pace is not None and is_throttled(exc):
+                        pace.throttled_by_service(exc.retry_after)
                     if not exc.ambiguous:
                         raise
                     try:
@@ -246,6 +258,9 @@ class DashScopeHook(BaseHook):
                         raise _unresolved(exc, looking) from None
                     if submitted is None:
                         raise
+                finally:
+                    if pace is not None and slot is not None:
+                        pace.done(slot)
         assert submitted is not None
         self._log_submitted(call, submitted)
         return submitted
