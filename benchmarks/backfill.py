@@ -260,12 +260,17 @@ def slot_use(tasks: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     }
 
 
-def saved_files(images: Path, skus: list[str]) -> set[str]:
+def image_path(images: Path, sku: str) -> Path:
+    """Where every scenario saves an item's image: the provider's collision-free name for the sku."""
     from airflow_provider_aitryon.registry import sku_file_stem
 
+    return images / f"{sku_file_stem(sku)}.png"
+
+
+def saved_files(images: Path, skus: list[str]) -> set[str]:
     present = set()
     for sku in skus:
-        path = images / f"{sku_file_stem(sku)}.png"
+        path = image_path(images, sku)
         if path.is_file() and path.stat().st_size > 0:
             present.add(sku)
     return present
@@ -400,12 +405,10 @@ def run_batch(emu: Any, items: list[dict[str, str]], latency: float, chunk_size:
 
 def images_saved_at(images: Path, skus: list[str]) -> dict[str, float]:
     """sku → when its image file was written (atomically: complete when it appears), on the monotonic clock."""
-    from airflow_provider_aitryon.registry import sku_file_stem
-
     offset = time.time() - time.monotonic()
     saved = {}
     for sku in skus:
-        path = images / f"{sku_file_stem(sku)}.png"
+        path = image_path(images, sku)
         if path.is_file():
             saved[sku] = path.stat().st_mtime - offset
     return saved
@@ -500,7 +503,7 @@ def sdk_item(item: dict[str, str], images: Path, deadline: float) -> str | None:
         return f"task {output.get('task_status')} {output.get('code')}"
     results = output.get("results")
     url = results.get("image_url") if isinstance(results, dict) else output.get("image_url")
-    download(str(url), images / f"{item['sku']}.png")
+    download(str(url), image_path(images, item["sku"]))
     return None
 
 
@@ -532,7 +535,7 @@ def loop_item_factory(base_url: str, poll_interval: float) -> Callable[[dict[str
             return f"task {output['task_status']} {output.get('code')}"
         results = output.get("results")
         url = results.get("image_url") if isinstance(results, dict) else output.get("image_url")
-        download(str(url), images / f"{item['sku']}.png")
+        download(str(url), image_path(images, item["sku"]))
         return None
 
     return loop_item
