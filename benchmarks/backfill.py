@@ -88,7 +88,7 @@ def time_bound(ideal: float, factor: float) -> float:
     return factor * ideal + 120.0
 
 
-def start_emulator(latency: float) -> Any:
+def start_emulator(latency: float, report_times: bool = True) -> Any:
     from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
 
     config = EmulatorConfig(
@@ -98,6 +98,7 @@ def start_emulator(latency: float) -> Any:
         submit_rate=SUBMIT_RATE,
         query_rate=QUERY_RATE,
         log_requests=False,
+        report_times=report_times,
     )
     return Emulator(config).start()
 
@@ -666,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-interval", type=float, default=1.0, help="the loop peer's sleep (default 1 s)")
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="bound: factor*ideal + 120 s")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (printed)")
+    parser.add_argument("--no-times", action="store_true",
+                        help="task replies carry no times (as in the vendor page's examples)")  # fmt: skip
     parser.add_argument("--verbose", action="store_true", help="show the provider's INFO logs on stderr")
     args = parser.parse_args(argv)
     if args.items < 1 or args.latency < 0 or args.chunk_size < 1 or args.threads < 1:
@@ -689,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in scenarios:
             print(f"[{name}] N={args.items} L={args.latency:g}s: ideal {ideal:.1f}s, bound {bound:.0f}s ...",
                   flush=True)  # fmt: skip
-            emu = start_emulator(args.latency)
+            emu = start_emulator(args.latency, report_times=not args.no_times)
             try:
                 coarse = make_coarse(emu)
                 items = make_items(emu, coarse, args.items)
