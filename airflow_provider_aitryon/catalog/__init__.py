@@ -1,4 +1,6 @@
-"""Catalog backfill data: catalog lines, chunks, the per-chunk journal and the manifest.
+"""Catalog backfill data: catalog lines, chunks, the registry's replay and the manifest.
+
+The scheduler that carries a chunk through DashScope lives in `catalog.scheduler`.
 
 A catalog is JSONL, one item a line: ``sku``, ``person_image_url``, ``top_garment_url``, optional
 ``bottom_garment_url``, optional ``coarse_image_url`` (absent: the coarse stage runs first),
