@@ -230,3 +230,44 @@ def test_a_trigger_serialized_by_an_earlier_release_still_loads():
     assert classpath == "airflow_provider_aitryon.triggers.catalog.CatalogChunkTrigger"
     assert kwargs == old_kwargs
     assert import_string(classpath)(**kwargs).serialize() == (classpath, kwargs)
+
+
+def test_a_lookup_counts_every_task_the_partition_recorded_as_ours(emulator, tmp_path):
+    """A run killed between a submit and its record, rerun in other chunks.
+
+    The rerun's chunk with the unrecorded item looks its task up, while the chunk holding the other
+    items may not have read their entries yet: the lookup must still know those tasks are ours,
+    or it sees several candidates and refuses (the money audit's test 2 caught this once).
+    """
+    from airflow_provider_aitryon.catalog import item_key
+    from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
+    from airflow_provider_aitryon.registry import CLAIMS, Submission
+
+    coarse = coarse_image(emulator)
+    output = str(tmp_path / "out")
+    first, second = plan_chunks(catalog(tmp_path, emulator, 3, coarse=coarse), output, chunk_size=2)
+    items = [*read_chunk(first), *read_chunk(second)]
+    registry = partition_registry(output)
+    hook = DashScopeHook()
+    intent_at = time.time() - 1.0  # every task below is created inside the lost item's window
+    task_ids = []
+    for n, item in enumerate(items):
+        call = item.call("refine")
+        entry = Submission(scope=f"{output} sku {item.sku} refine", fingerprint=call.fingerprint(),
+                           model="aitryon-refiner", owner="aitryon_catalog_backfill/killed")  # fmt: skip
+        entry.intent_at = intent_at
+        submitted = hook.submit(call)  # the killed run paid for all three
+        task_ids.append(submitted.task_id)
+        if n < 2:  # recorded before the kill; the third never was
+            entry.recorded(submitted.task_id, submitted.request_id)
+        registry.put(item_key(item.sku, "refine"), entry)
+    CLAIMS.local.clear()  # a new process: nothing read yet
+    paid = emulator.stats()["submits_accepted"]
+
+    event = asyncio.run(run_to_event(trigger_for(second, output)))
+
+    assert event["status"] == "done", event
+    assert event["counts"]["succeeded"] == 1
+    assert emulator.stats()["submits_accepted"] == paid  # found, not paid again
+    found = partition_registry(output).get(item_key(items[2].sku, "refine"))
+    assert found is not None and found.task_id == task_ids[2] and found.adopted

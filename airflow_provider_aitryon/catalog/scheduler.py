@@ -169,6 +169,7 @@ class ChunkRun:
         self.dirty: dict[str, Submission] = {}  # registry entries changed since the last flush
         self.lease: PartitionLease | None = None
         self.lease_renewed = 0.0
+        self.partition_read = False  # all the partition's recorded task ids remembered as claimed
         self.fatal: str | None = None
         self.submits = 0
         self.queries = 0
@@ -316,6 +317,11 @@ class ChunkRun:
                     if state.lookup and entry is not None:
                         # An earlier submit's outcome is unknown (a run died before recording its
                         # task id, or a lost reply could not be looked up): find it, never resend blindly.
+                        if not self.partition_read:
+                            # Every task recorded anywhere in the partition is ours, whichever chunk
+                            # holds its item: another chunk of this run may not have read it yet.
+                            await asyncio.to_thread(self.registry.entries)
+                            self.partition_read = True
                         submitted = await self.hook.afind_submitted(
                             call, entry.intent_at, entry.intent_at + INTENT_WINDOW_SECONDS,
                             claimed=self.registry.claims,

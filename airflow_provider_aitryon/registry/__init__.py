@@ -98,11 +98,14 @@ class SubmissionRegistry:
         self.claims.claim(task_id, entry.scope)
 
     def entries(self) -> dict[str, Submission]:
+        """Every entry of the store; the task ids they record are remembered as this deployment's."""
         out = {}
         for key in self.store.list_keys():
             entry = Submission.from_dict(self.store.get(key))
             if entry is not None:
                 out[key] = entry
+                if entry.task_id:
+                    self.claims.remember([entry.task_id, *entry.superseded])
         return out
 
     def purge_expired(self) -> list[str]:
