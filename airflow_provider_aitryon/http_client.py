@@ -123,7 +123,8 @@ async def aexchange(
                 if received > bounds.max_bytes:
                     raise TooLarge(received, declared)
                 if target is not None:
-                    target.write(chunk)
+                    # A spool past its memory size writes to disk: not on the loop every caller shares.
+                    await asyncio.to_thread(target.write, chunk)
                 else:
                     chunks.append(chunk)
             return Reply(
@@ -196,6 +197,12 @@ def io_loop() -> _IOLoop:
         if _IO is None or _IO.pid != os.getpid() or not _IO.thread.is_alive():
             _IO = _IOLoop()
         return _IO
+
+
+def is_io_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether `loop` is this process's I/O loop (without starting one just to ask)."""
+    io = _IO
+    return io is not None and io.loop is loop and io.pid == os.getpid()
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -34,6 +34,7 @@ from airflow_provider_aitryon.http_client import (
     TooLarge,
     aexchange,
     io_loop,
+    is_io_loop,
     new_client,
     run_sync,
 )
@@ -162,9 +163,8 @@ class DashScopeHook(BaseHook):
 
     async def _client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
-        io = io_loop()
-        if loop is io.loop:
-            return io.shared_client()  # a sync caller's request: the I/O loop's client
+        if is_io_loop(loop):
+            return io_loop().shared_client()  # a sync caller's request: the I/O loop's client
         if self._aclient is None or self._aclient_loop is not loop:
             # Building a client loads the CA bundle from disk (~0.1 s): do it off the event loop,
             # which the triggerer shares with every other trigger.
