@@ -41,7 +41,9 @@ def endless_body(sent: list[int]) -> Callable[[socket.socket], None]:
 
 def redirect_to(location: str) -> Callable[[socket.socket], None]:
     def behave(conn: socket.socket) -> None:
-        conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode())
+        # The server closes each connection after one reply, so it says so (HTTP/1.1 keeps it open otherwise).
+        conn.sendall(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                     .encode())  # fmt: skip
 
     return behave
 
@@ -90,7 +92,7 @@ def test_sync_downloads_from_many_threads_share_one_io_loop(raw):
 
     def ok(conn: socket.socket) -> None:
         hits.append(1)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
 
     url = raw(ok) + "/x"
     results: list[bytes] = []
