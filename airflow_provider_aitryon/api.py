@@ -49,6 +49,8 @@ class ApiCall:
     body: dict[str, Any] | None = None
     asynchronous: bool = False  # submits must carry X-DashScope-Async: enable
     params: dict[str, Any] = field(default_factory=dict)  # query string
+    # Headers a particular call needs, e.g. X-DashScope-OssResourceResolve for uploaded inputs.
+    extra_headers: dict[str, str] = field(default_factory=dict)
 
     def headers(self, api_key: str, workspace: str | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
@@ -58,6 +60,7 @@ class ApiCall:
             headers["X-DashScope-Async"] = "enable"
         if workspace:
             headers["X-DashScope-WorkSpace"] = workspace
+        headers.update(self.extra_headers)
         return headers
 
     def describe(self) -> str:
@@ -156,6 +159,50 @@ def require_url(field_name: str, value: object, *, required: bool = True) -> str
     return url
 
 
+def is_local_reference(value: object) -> bool:
+    """Whether an image argument names a local file: a ``file://`` URI or an absolute path.
+
+    (``//host/path`` is a URL without its scheme, not a path.)
+    """
+    if not isinstance(value, str):
+        return False
+    text = value.strip()
+    scheme = urlsplit(text).scheme.lower()
+    return scheme == "file" or (not scheme and text.startswith(("/", "~")) and not text.startswith("//"))
+
+
+def require_image(field_name: str, value: object, *, required: bool = True, local: bool = True) -> str | None:
+    """Return where an input image is, if this provider can hand it to DashScope; else one sentence.
+
+    Accepted: a public http(s) URL; ``oss://bucket/key`` (a private OSS object, signed just before
+    it is used, see `airflow_provider_aitryon.sources`); with ``local``, an absolute path or a
+    ``file://`` URI (uploaded to DashScope's temporary storage when the operator opts in).
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return require_url(field_name, value, required=required)
+    if not isinstance(value, str):
+        return require_url(field_name, value, required=required)
+    text = value.strip()
+    scheme = urlsplit(text).scheme.lower()
+    if scheme in ("http", "https"):
+        return require_url(field_name, text, required=required)
+    if scheme == "oss":
+        from airflow_provider_aitryon.oss.uri import parse_oss_uri  # no SDK needed to check a URI
+
+        return parse_oss_uri(text, field_name=field_name).uri
+    if local and is_local_reference(text):
+        return text
+    if local:
+        raise DashScopeConfigError(
+            f"{field_name} must be an http(s) URL, an oss://bucket/key URI or an absolute file path, got "
+            f"{shown_url(text)!r}; pass where the image is."
+        )
+    raise DashScopeConfigError(
+        f"{field_name} must be an http(s) URL or an oss://bucket/key URI, got {shown_url(text)!r}; DashScope can "
+        "only fetch images from public http(s) URLs or private OSS objects."
+    )
+
+
 def require_choice(field_name: str, value: object, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value.strip().lower() not in choices:
         raise DashScopeConfigError(
@@ -207,10 +254,10 @@ def refiner_call(
     return submit_call(
         model,
         {
-            "person_image_url": require_url("person_image_url", person_image_url),
-            "top_garment_url": require_url("top_garment_url", top_garment_url),
-            "bottom_garment_url": require_url("bottom_garment_url", bottom_garment_url, required=False),
-            "coarse_image_url": require_url("coarse_image_url", coarse_image_url),
+            "person_image_url": require_image("person_image_url", person_image_url),
+            "top_garment_url": require_image("top_garment_url", top_garment_url),
+            "bottom_garment_url": require_image("bottom_garment_url", bottom_garment_url, required=False),
+            "coarse_image_url": require_image("coarse_image_url", coarse_image_url),
         },
         {"gender": require_choice("gender", gender, GENDERS)},
     )
@@ -231,8 +278,8 @@ def tryon_call(
         raise DashScopeConfigError(
             f"model must be a model name such as {MODEL_TRYON} or {MODEL_TRYON_PLUS}, got {model!r}; set model."
         )
-    top = require_url("top_garment_url", top_garment_url, required=False)
-    bottom = require_url("bottom_garment_url", bottom_garment_url, required=False)
+    top = require_image("top_garment_url", top_garment_url, required=False)
+    bottom = require_image("bottom_garment_url", bottom_garment_url, required=False)
     if not top and not bottom:
         raise DashScopeConfigError(
             "top_garment_url and bottom_garment_url are both empty; give at least one garment "
@@ -242,7 +289,7 @@ def tryon_call(
     return submit_call(
         model.strip(),
         {
-            "person_image_url": require_url("person_image_url", person_image_url),
+            "person_image_url": require_image("person_image_url", person_image_url),
             "top_garment_url": top,
             "bottom_garment_url": bottom,
         },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +39,43 @@ EXTRA_BOOL_FIELDS: dict[str, bool] = {
     # off for an account shared with submitters outside this deployment: a lost reply then fails
     # the item in one sentence instead of guessing whose task it is.
     "adopt_lost_submits": True,
+    # Pre-flight may fetch input images from loopback, private and other non-public addresses
+    # (hosts on your own network). Link-local addresses (cloud metadata) stay refused; images on the
+    # connection's own base URL (the emulator's samples) are allowed without it.
+    "allow_private_inputs": False,
+}
+
+# What each extra means, in the words the connection form shows under the field (and the docs).
+# A test checks every extra above has one.
+EXTRA_DESCRIPTIONS: dict[str, str] = {
+    "workspace": "Optional workspace id, sent as X-DashScope-WorkSpace; empty uses the API key's default workspace.",
+    "scheme": "http or https, used only when Base URL is a bare host name (default https).",
+    "connect_timeout": "Seconds to open a connection to the service (default 10).",
+    "read_timeout": "Seconds to wait for the next bytes of a reply (default 30).",
+    "request_deadline": "Seconds one call may take in all, headers and body (default 120); replies over 1 MiB are "
+    "abandoned unread.",
+    "max_attempts": "Tries per call for transient errors (429, 5xx, dropped connections) before the task fails "
+    "(default 6).",
+    "max_retry_seconds": "Longest time in seconds one call keeps retrying, waits included (default 120).",
+    "backoff_base": "First wait in seconds between retries; it doubles each try, with jitter (default 1).",
+    "backoff_max": "Longest single wait in seconds between retries (default 30).",
+    "lost_submit_grace": "Seconds before a submit whose reply was lost is looked up in the task list (default 3).",
+    "adopt_lost_submits": "After a lost submit reply, adopt the one task created meanwhile (default on); turn it off "
+    "for an account shared with submitters outside this deployment: the item then fails instead.",
+    "allow_private_inputs": "Let pre-flight fetch input images from loopback or private-network hosts (default "
+    "off); link-local and cloud metadata addresses stay refused.",
+}
+
+# The connection form: one copy, read by get_provider_info (Airflow 3.2+ forms) and by the hook's
+# get_ui_field_behaviour (older forms), so the two can never show different hints.
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden_fields": ["schema", "login", "port"],
+    "relabeling": {"password": "API key", "host": "Base URL"},
+    "placeholders": {
+        "host": f"empty for {DEFAULT_BASE_URL}, or http://127.0.0.1:8089 for the emulator",
+        "password": "your DashScope API key (sk-...)",
+        "extra": '{"workspace": "ws-...", "read_timeout": 30, "max_attempts": 6}',
+    },
 }
 
 
@@ -58,6 +96,7 @@ class ConnectionSettings:
     backoff_max: float = 30.0
     lost_submit_grace: float = 3.0
     adopt_lost_submits: bool = True
+    allow_private_inputs: bool = False
 
     @classmethod
     def from_connection(cls, conn: Any) -> ConnectionSettings:
@@ -71,9 +110,9 @@ class ConnectionSettings:
         extra = _extra(conn, conn_id)
         values: dict[str, Any] = {}
         for name, (kind, default, minimum) in EXTRA_FIELDS.items():
-            values[name] = _number(conn_id, name, extra.get(name, default), kind, minimum)
+            values[name] = _number(conn_id, name, _given(extra, name, default), kind, minimum)
         for name, default in EXTRA_BOOL_FIELDS.items():
-            values[name] = _boolean(conn_id, name, extra.get(name, default))
+            values[name] = _boolean(conn_id, name, _given(extra, name, default))
         unknown = set(extra) - set(EXTRA_FIELDS) - set(EXTRA_TEXT_FIELDS) - set(EXTRA_BOOL_FIELDS)
         if unknown:
             log.warning(
@@ -114,6 +153,40 @@ def base_url_of(conn: Any, extra: dict[str, Any], conn_id: str) -> str:
     return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
 
 
+def env_connection_problem(conn_id: str) -> DashScopeConfigError | None:
+    """Why Airflow could not read the JSON connection ``AIRFLOW_CONN_<ID>`` holds, if its Extra is the cause.
+
+    Airflow 3.1 refuses a connection whose Extra is not a JSON object while it looks the connection
+    up, and then reports it as not defined (`compat.UNREADABLE_CONNECTION_IS_NOT_FOUND`): this gives
+    the sentence Airflow 3.2+ lets the provider say. None when the variable is absent, not JSON, or
+    its Extra is fine.
+    """
+    raw = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}", "")
+    try:
+        value = json.loads(raw) if raw.lstrip().startswith("{") else None
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or value.get("extra") is None:
+        return None
+    extra = value["extra"]
+    try:
+        _extra(_RawExtra(extra if isinstance(extra, str) else json.dumps(extra)), conn_id)
+    except DashScopeConfigError as problem:
+        return problem
+    return None
+
+
+class _RawExtra:
+    """The two attributes `_extra` reads, for an Extra Airflow would not build a connection from."""
+
+    def __init__(self, extra: str) -> None:
+        self.extra = extra
+
+    @property
+    def extra_dejson(self) -> Any:
+        return json.loads(self.extra)
+
+
 def _extra(conn: Any, conn_id: str) -> dict[str, Any]:
     not_json = DashScopeConfigError(
         f"Connection {conn_id!r} Extra is not valid JSON; set it to a JSON object such as "
@@ -137,6 +210,18 @@ def _extra(conn: Any, conn_id: str) -> dict[str, Any]:
             'to a JSON object such as {"read_timeout": 30}.'
         )
     return extra
+
+
+def _given(extra: dict[str, Any], name: str, default: Any) -> Any:
+    """An extra's value, or its default when unset: absent, null or blank.
+
+    Airflow's connection form saves every field it shows, an untouched or cleared one as null
+    (Airflow 3.1, whose form has no defaults, saves all of them so): that means "the default".
+    """
+    value = extra.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    return value
 
 
 def _number(conn_id: str, name: str, value: Any, kind: type, minimum: float) -> Any:

@@ -31,6 +31,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from airflow_provider_aitryon import lineage
 from airflow_provider_aitryon.errors import DashScopeConfigError
 from airflow_provider_aitryon.failures import airflow_errors
 from airflow_provider_aitryon.storage import StorageTarget, atomic_write, resolve_destination
@@ -190,6 +191,7 @@ def save_contact_sheet(
         if is_dir:
             target = target / f"{name}.png"
         atomic_write(data, target, overwrite=overwrite)
+    lineage.report_hook_lineage(outputs=[target])
     return {
         "uri": str(target),
         "width": sheet.width,

@@ -11,20 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-try:
-    from airflow.sdk.exceptions import (
-        AirflowException,
-        AirflowFailException,
-        AirflowSensorTimeout,
-        AirflowSkipException,
-    )
-except ImportError:  # Airflow 3.0 kept them in airflow.exceptions only
-    from airflow.exceptions import (  # type: ignore[no-redef,attr-defined]
-        AirflowException,
-        AirflowFailException,
-        AirflowSensorTimeout,
-        AirflowSkipException,
-    )
+from airflow_provider_aitryon.compat import (  # the task SDK's exceptions, wherever this Airflow keeps them
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+)
 
 __all__ = [
     "AirflowException",

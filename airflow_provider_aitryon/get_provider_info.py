@@ -5,34 +5,44 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_aitryon import __version__
-from airflow_provider_aitryon.connection import CONN_TYPE, EXTRA_BOOL_FIELDS, EXTRA_FIELDS
+from airflow_provider_aitryon.connection import (
+    CONN_TYPE,
+    EXTRA_BOOL_FIELDS,
+    EXTRA_DESCRIPTIONS,
+    EXTRA_FIELDS,
+    UI_FIELD_BEHAVIOUR,
+)
 
 _PACKAGE = "airflow_provider_aitryon"
 _INTEGRATION = "Alibaba Cloud DashScope AI Try-On"
 
 
 def _conn_fields() -> dict[str, Any]:
+    """The connection form's extra fields, from the one table the hook parses them with."""
     fields: dict[str, Any] = {
-        "workspace": {
-            "label": "Workspace",
-            "schema": {"type": ["string", "null"]},
-            "description": "Optional workspace id, sent as X-DashScope-WorkSpace.",
-        }
+        "workspace": {"label": "Workspace", "schema": {"type": ["string", "null"]}},
+        "scheme": {"label": "Scheme", "schema": {"type": ["string", "null"], "enum": ["https", "http", None]}},
     }
     for name, (kind, default, minimum) in EXTRA_FIELDS.items():
         json_type = "integer" if kind is int else "number"
         fields[name] = {
-            "label": name.replace("_", " ").capitalize(),
+            "label": _label(name),
             "schema": {"type": [json_type, "null"], "default": default, "minimum": minimum},
         }
     for name, flag in EXTRA_BOOL_FIELDS.items():
-        fields[name] = {
-            "label": name.replace("_", " ").capitalize(),
-            "schema": {"type": ["boolean", "null"], "default": flag},
-            "description": "After a lost submit reply, adopt the one task created meanwhile (off for accounts "
-            "shared with other submitters: the item then fails instead).",
-        }
+        fields[name] = {"label": _label(name), "schema": {"type": ["boolean", "null"], "default": flag}}
+    for name, spec in fields.items():
+        spec["description"] = EXTRA_DESCRIPTIONS[name]
     return fields
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def _ui_field_behaviour() -> dict[str, Any]:
+    # Provider metadata spells the keys with hyphens; the hook's classmethod with underscores.
+    return {key.replace("_", "-"): value for key, value in UI_FIELD_BEHAVIOUR.items()}
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -67,21 +77,16 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             }
         ],
-        "extra-links": [f"{_PACKAGE}.links.TryOnResultLink"],
+        # oss:// for ObjectStoragePath; imports without the [oss] extra, whose absence get_fs reports.
+        "filesystems": [f"{_PACKAGE}.oss.fs"],
+        "extra-links": [f"{_PACKAGE}.links.TryOnResultLink", f"{_PACKAGE}.links.SavedImageLink"],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,
                 "hook-class-name": f"{_PACKAGE}.hooks.dashscope.DashScopeHook",
                 "hook-name": "DashScope (AI try-on)",
                 "conn-fields": _conn_fields(),
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "login", "port"],
-                    "relabeling": {"password": "API key", "host": "Base URL"},
-                    "placeholders": {
-                        "host": "empty for https://dashscope.aliyuncs.com, or http://127.0.0.1:8089",
-                        "password": "your DashScope API key",
-                    },
-                },
+                "ui-field-behaviour": _ui_field_behaviour(),
             }
         ],
     }

@@ -94,10 +94,15 @@ async def aexchange(
     headers: Mapping[str, str] | None = None,
     params: Mapping[str, Any] | None = None,
     json: Any = None,
+    data: Mapping[str, str] | None = None,
+    files: Mapping[str, tuple[str, bytes, str]] | None = None,
     sink: IO[bytes] | None = None,
 ) -> Reply:
     """One bounded request; raises httpx errors, `TooLarge`, `Stalled` or `Overdue`.
 
+    :param data: form fields; with ``files`` the body is ``multipart/form-data`` (fields first, then
+        files, as an OSS PostObject upload needs).
+    :param files: form files, ``name -> (file name, bytes, content type)``.
     :param sink: write a 2xx body here instead of returning it (large images spill to disk).
     """
     sent = time.time()
@@ -109,7 +114,15 @@ async def aexchange(
         nonlocal received, answered
         timeout = httpx.Timeout(bounds.read_timeout, connect=bounds.connect_timeout)
         async with client.stream(
-            method, url, headers=headers, params=params, json=json, timeout=timeout, follow_redirects=False
+            method,
+            url,
+            headers=headers,
+            params=params,
+            json=json,
+            data=data,
+            files=files,
+            timeout=timeout,
+            follow_redirects=False,
         ) as response:
             answered = True
             # An error page or a redirect is not the content: it stays out of the sink.

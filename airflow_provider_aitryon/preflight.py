@@ -17,7 +17,12 @@ How an image is fetched, and what is refused without a fetch:
 * 5xx, 408, 429 and broken or refused connections are retried a couple of times quickly (the one
   retry policy of `retry`); a 4xx, a timeout or a redirect loop fails at once.
 
-Every fetch goes through the provider's one downloader (`downloads`), under its deadline and cap.
+Every fetch goes through the provider's one downloader (`downloads`), under its deadline and cap,
+and its address policy (`downloads.AddressPolicy`): a URL (or a redirect) that leads to a
+link-local address (cloud metadata at 169.254.169.254) is always refused before anything is sent
+there, and one that leads to a loopback, private or other non-public address is refused unless the
+connection's extra ``allow_private_inputs`` is true or the URL is on the connection's own base URL
+(the emulator's ``/samples`` and ``/results``). `input_policy` builds the policy of a connection.
 
 Each URL is fetched at most once per ``InputInspector`` (one inspector per task execution), also
 when two fields name the same URL. Messages show a URL as ``scheme://host/path`` only: the query
@@ -30,7 +35,7 @@ import io
 import logging
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +44,13 @@ from PIL import Image
 
 from airflow_provider_aitryon import api, downloads
 from airflow_provider_aitryon.api import shown_url
-from airflow_provider_aitryon.downloads import DownloadBounds, DownloadError, is_transient_status
+from airflow_provider_aitryon.downloads import (
+    AddressPolicy,
+    AddressRefused,
+    DownloadBounds,
+    DownloadError,
+    is_transient_status,
+)
 from airflow_provider_aitryon.errors import DashScopeConfigError
 from airflow_provider_aitryon.http_client import Reply
 from airflow_provider_aitryon.image_rules import MAX_BYTES, ImageFacts, ImageRuleError, check_byte_size, check_image
@@ -61,6 +72,11 @@ _IDENTITY = {"Accept-Encoding": "identity"}
 
 _CHUNK = 64 * 1024
 _PUBLIC = "DashScope must be able to fetch the image from a public http(s) URL without credentials"
+ALLOW_PRIVATE_EXTRA = "allow_private_inputs"
+_PRIVATE_FIX = (
+    f"set the connection extra {ALLOW_PRIVATE_EXTRA}=true for hosts on your network, or pass a public http(s) URL"
+)
+_NEVER_FIX = "link-local and cloud metadata addresses are never fetched; " + _PUBLIC
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 
@@ -69,11 +85,20 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ATTEMPTS",
     "MAX_REDIRECTS",
+    "AddressPolicy",
     "FetchRecord",
     "ImageFacts",
     "InputInspector",
+    "input_policy",
     "shown_url",
 ]
+
+
+def input_policy(settings: Any) -> AddressPolicy:
+    """The address policy of a connection (`connection.ConnectionSettings`): its own base URL's
+    origin allowed (the emulator serves input images there), other non-public addresses only with
+    the extra ``allow_private_inputs``; link-local never."""
+    return AddressPolicy.for_base_url(settings.base_url, allow_private=bool(settings.allow_private_inputs))
 
 
 @dataclass(frozen=True)
@@ -124,6 +149,8 @@ class InputInspector:
     :param backoff_base: seconds; waits between tries follow the one retry policy (`retry`): full
         jitter up to ``backoff_base * 2**(try - 1)``, a Retry-After as a floor.
     :param fetch: the downloader (`downloads.fetch`); tests pass one that must not be called.
+    :param policy: which addresses may be fetched (`input_policy` of the connection); the default
+        allows public addresses only.
     :param logger: where to log what was checked; default this module's logger.
     :param sleep: how to wait between tries (tests pass a no-op).
 
@@ -142,7 +169,9 @@ class InputInspector:
         fetch: Callable[..., Reply] = downloads.fetch,
         logger: Any = None,
         sleep: Callable[[float], None] = time.sleep,
+        policy: AddressPolicy = AddressPolicy(),  # noqa: B008 - immutable
     ) -> None:
+        self.policy = policy
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_seconds = max_seconds
@@ -154,6 +183,8 @@ class InputInspector:
         self._sleep = sleep
         self._fetch = fetch
         self._cache: dict[str, _Inspected | _Refused] = {}
+        self._shown: dict[str, str] = {}
+        self._get_only: set[str] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -161,15 +192,30 @@ class InputInspector:
         """Fetch ``url`` (once per inspector) and apply the input rules; raise DashScopeConfigError."""
         return self._inspected(field, url).facts
 
-    def check_call(self, call: api.ApiCall) -> dict[str, ImageFacts]:
-        """Check every ``*_url`` of a submit's input, and the refiner's coarse-vs-person size rule."""
+    def check_call(
+        self,
+        call: api.ApiCall,
+        *,
+        shown: Mapping[str, str] | None = None,
+        get_only: Set[str] = frozenset(),
+        skip: Set[str] = frozenset(),
+    ) -> dict[str, ImageFacts]:
+        """Check every ``*_url`` of a submit's input, and the refiner's coarse-vs-person size rule.
+
+        :param call: the submit as it will be sent (`sources.sendable`).
+        :param shown: sent URL -> how messages show it (a signed URL as its ``oss://`` URI).
+        :param get_only: URLs signed for GET, which OSS refuses to HEAD: fetched with GET alone.
+        :param skip: URLs not to fetch: images checked before their upload to DashScope's storage.
+        """
+        self._shown.update(shown or {})
+        self._get_only |= set(get_only)
         inputs = (call.body or {}).get("input") or {}
         if not isinstance(inputs, Mapping):
             return {}
         inspected = {
             name: self._inspected(name, value)
             for name, value in inputs.items()
-            if isinstance(name, str) and name.endswith("_url") and value is not None
+            if isinstance(name, str) and name.endswith("_url") and value is not None and value not in skip
         }
         person, coarse = inspected.get(PERSON_FIELD), inspected.get(COARSE_FIELD)
         if person is not None and coarse is not None:
@@ -205,7 +251,7 @@ class InputInspector:
         return outcome
 
     def _inspect_uncached(self, field: str, url: str) -> _Inspected:
-        shown = shown_url(url)
+        shown = self._shown.get(url) or shown_url(url)
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             raise _Refused(f"the URL {shown!r} is not an http:// or https:// URL, so it was not fetched", _PUBLIC)
@@ -233,7 +279,7 @@ class InputInspector:
         )
 
     def _download(self, url: str, shown: str, field: str) -> bytes:
-        declared = self._head_length(url, shown)
+        declared = None if url in self._get_only else self._head_length(url, shown)
         if declared is not None and declared > MAX_BYTES:
             check_byte_size(declared, field=field)  # raises ImageRuleError: refused without a GET
         failure: _Transient | None = None
@@ -258,7 +304,9 @@ class InputInspector:
     def _head_length(self, url: str, shown: str) -> int | None:
         """Content-Length announced by a successful HEAD, else None (then GET decides alone)."""
         try:
-            reply = self._fetch(url, bounds=self._bounds(0), method="HEAD", headers=_IDENTITY)
+            reply = self._fetch(url, bounds=self._bounds(0), method="HEAD", headers=_IDENTITY, policy=self.policy)
+        except AddressRefused as exc:  # nothing was sent: not a fetch
+            raise _address_refused(shown, exc) from None
         except DownloadError as exc:
             self.fetches.append(FetchRecord("HEAD", shown, None, 0))
             self.log.debug("Pre-flight HEAD of %s failed (%s); trying GET.", shown, exc.kind)
@@ -271,7 +319,9 @@ class InputInspector:
     def _get(self, url: str, shown: str, field: str) -> bytes:
         try:
             # identity: the byte cap then counts the file's own bytes.
-            reply = self._fetch(url, bounds=self._bounds(MAX_BYTES), headers=_IDENTITY)
+            reply = self._fetch(url, bounds=self._bounds(MAX_BYTES), headers=_IDENTITY, policy=self.policy)
+        except AddressRefused as exc:
+            raise _address_refused(shown, exc) from None
         except DownloadError as exc:
             self.fetches.append(FetchRecord("GET", shown, None, exc.received))
             if exc.kind == "too_large":
@@ -291,6 +341,11 @@ class InputInspector:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _address_refused(shown: str, exc: AddressRefused) -> _Refused:
+    """``<url> resolves to a loopback address (127.0.0.1)``, and the fix: the extra, or none."""
+    return _Refused(f"{shown} {exc.reason}", _NEVER_FIX if exc.always else _PRIVATE_FIX)
 
 
 def _check_same_size(person: _Inspected, coarse: _Inspected) -> None:

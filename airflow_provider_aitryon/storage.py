@@ -32,6 +32,7 @@ import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -39,7 +40,7 @@ from airflow.sdk import ObjectStoragePath
 from PIL import Image, UnidentifiedImageError
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from airflow_provider_aitryon import api, downloads
+from airflow_provider_aitryon import api, downloads, lineage
 from airflow_provider_aitryon.downloads import DownloadBounds, DownloadError, is_transient_status
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError
 from airflow_provider_aitryon.failures import airflow_errors
@@ -103,7 +104,7 @@ def resolve_destination(
         if len(scheme) <= 1:  # no scheme, or a Windows drive letter
             trailing = text.endswith(("/", os.sep))
             text = os.path.abspath(os.path.expanduser(text)) + ("/" if trailing else "")
-        path = ObjectStoragePath(text, conn_id=conn_id)
+        path = _storage_path(text, conn_id, field_name)
     elif destination is None:
         raise DashScopeConfigError(_missing_destination(field_name))
     else:
@@ -113,6 +114,82 @@ def resolve_destination(
         )
     is_dir = text.endswith("/") or _is_dir(path)
     return path, is_dir
+
+
+# Stores that fsspec can read but this provider cannot write results to.
+_READ_ONLY_SCHEMES = {"http", "https"}
+# What to install for a store whose filesystem is missing: the Airflow provider that declares it.
+_INSTALL_FOR = {
+    "s3": "apache-airflow-providers-amazon[s3fs]",
+    "s3a": "apache-airflow-providers-amazon[s3fs]",
+    "gs": "apache-airflow-providers-google",
+    "gcs": "apache-airflow-providers-google",
+    "abfs": "apache-airflow-providers-microsoft-azure",
+    "wasb": "apache-airflow-providers-microsoft-azure",
+    "oss": "'airflow-provider-aitryon[oss]'",
+}
+
+
+def _storage_path(text: str, conn_id: str | None, field_name: str) -> ObjectStoragePath:
+    """``ObjectStoragePath(text)``, with a missing or unknown filesystem said in one sentence."""
+    scheme = urlsplit(text).scheme.lower()
+    shown = api.shown_url(text)
+    if scheme in _READ_ONLY_SCHEMES:
+        raise DashScopeConfigError(
+            f"{field_name} {shown} is an {scheme} URL, which cannot be written to; use a local path or an object "
+            "storage URI such as s3://bucket/looks/."
+        )
+    try:
+        path = ObjectStoragePath(text, conn_id=conn_id)
+        _ = path.fs  # the filesystem loads lazily: a missing package would only surface on first use
+        return path
+    except (ImportError, ValueError, TypeError, NotImplementedError) as exc:
+        # Airflow says "No filesystem registered", fsspec "Install s3fs" or "Unsupported filesystem".
+        if scheme in _INSTALL_FOR or isinstance(exc, ImportError):
+            package = _INSTALL_FOR.get(scheme, f"the Airflow provider that supports {scheme}://")
+            raise DashScopeConfigError(
+                f"{field_name} {shown} needs the filesystem for {scheme}://, which is not installed; install "
+                f"{package} on every worker."
+            ) from None
+        raise DashScopeConfigError(
+            f"{field_name} {shown} uses {scheme}://, which no installed Airflow provider supports; use a local "
+            "path or an object storage URI whose provider is installed, such as s3://bucket/looks/."
+        ) from None
+
+
+def writable_folder(folder: object, *, conn_id: str | None = None, field_name: str = "output") -> str:
+    """A folder results are written under, as an absolute URI; or one sentence saying what is wrong.
+
+    A local folder is created (with its parents) here, so a file in the way, a path the worker
+    may not write or an unknown filesystem fail before anything is paid for, not halfway.
+
+    :param folder: a local path, ``file://`` URI or object storage URI.
+    :param conn_id: Airflow connection of the object store, if any.
+    :param field_name: the argument's name, for the message.
+    """
+    text = folder.strip() if isinstance(folder, str) else folder
+    path, _ = resolve_destination(text, conn_id=conn_id, field_name=field_name)
+    uri = str(path).rstrip("/")
+    if path.protocol not in ("", "file", "local"):
+        return uri
+    local = path.path
+    # The nearest existing path on the way down must be a folder.
+    blocker = next((p for p in [local, *map(str, PurePosixPath(local).parents)] if os.path.lexists(p)), None)
+    if blocker is not None and not os.path.isdir(blocker):
+        raise DashScopeConfigError(
+            f"{field_name} {local} cannot be a folder because {blocker} is a file; point {field_name} at a folder "
+            "(it is created if missing)."
+        )
+    try:
+        os.makedirs(local, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=local, prefix=".write-check-")  # noqa: SIM115
+        probe.close()
+    except OSError as exc:
+        raise DashScopeConfigError(
+            f"{field_name} {local} cannot be written by this worker ({exc.strerror or exc}); choose a folder it "
+            "may create and write."
+        ) from None
+    return uri
 
 
 def atomic_write(source: bytes | IO[bytes], target: ObjectStoragePath, *, overwrite: bool = True) -> None:
@@ -150,7 +227,6 @@ def atomic_write(source: bytes | IO[bytes], target: ObjectStoragePath, *, overwr
     except BaseException:
         _remove_quietly(temp)
         raise
-    _record_lineage(target)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,6 +259,7 @@ def save_image(
     backoff: float = DEFAULT_BACKOFF,
     max_seconds: float | None = DEFAULT_MAX_SECONDS,
     session: Any = None,
+    report_lineage: bool = True,
 ) -> dict[str, Any]:
     """Download a result image and store it durably; return what was stored.
 
@@ -203,6 +280,9 @@ def save_image(
         hold the worker (None: ``DEFAULT_MAX_SECONDS``).
     :param session: ignored; downloads share the provider's one downloader and its connections
         (`downloads`). Kept so existing calls still work.
+    :param report_lineage: report the saved file to Airflow's hook lineage collector (what a ``@task``
+        calling this reports to OpenLineage; see `airflow_provider_aitryon.lineage`). The catalog
+        backfill, which saves thousands of images in the triggerer, reports its folders instead.
     :return: ``uri``, ``bytes``, ``sha256``, ``format``, ``width``, ``height``, ``source_url``.
     :raises AirflowFailException: a bad argument, an expired URL, a body that is not an image or is
         over ``max_bytes``: retrying cannot help.
@@ -234,6 +314,8 @@ def save_image(
             atomic_write(fetched.body, target, overwrite=overwrite)
         finally:
             fetched.body.close()
+    if report_lineage:
+        lineage.report_hook_lineage(outputs=[target])
 
     result = {
         "uri": str(target),
@@ -497,12 +579,3 @@ def _remove_quietly(path: ObjectStoragePath) -> None:
         pass
     except Exception:  # cleanup must not mask the error being raised
         log.warning("Could not remove the temporary file %s.", path, exc_info=True)
-
-
-def _record_lineage(target: ObjectStoragePath) -> None:
-    try:
-        from airflow.sdk.lineage import get_hook_lineage_collector
-
-        get_hook_lineage_collector().add_output_asset(context=target, uri=str(target))
-    except Exception:  # lineage is a courtesy; a saved file must not fail because of it
-        log.debug("Could not record hook lineage for %s.", target, exc_info=True)

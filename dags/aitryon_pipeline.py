@@ -92,23 +92,25 @@ with DAG(
     @task
     def contact_sheet(folder: str, coarse: dict[str, Any], refined: dict[str, Any], params: dict[str, Any]) -> dict:
         """person | garments | coarse | refined, labelled: judge the result at a glance."""
-        import requests
         from airflow.sdk import ObjectStoragePath
 
         from airflow_provider_aitryon.contact_sheet import save_contact_sheet
+        from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
+        from airflow_provider_aitryon.preflight import input_policy
+        from airflow_provider_aitryon.sources import read_image
 
-        def fetch(url: str | None) -> bytes | None:
-            if not url:
-                return None
-            response = requests.get(url, timeout=(10, 60))
-            response.raise_for_status()
-            return response.content
+        # The same address rules as pre-flight; oss:// inputs are read with the OSS connection.
+        policy = input_policy(DashScopeHook().settings)
+
+        def fetch(name: str) -> bytes | None:
+            url = params.get(name)
+            return read_image(url, field_name=name, policy=policy) if url else None
 
         return save_contact_sheet(
             [
-                ("person", fetch(params["person_image_url"])),
-                ("top garment", fetch(params.get("top_garment_url"))),
-                ("bottom garment", fetch(params.get("bottom_garment_url"))),
+                ("person", fetch("person_image_url")),
+                ("top garment", fetch("top_garment_url")),
+                ("bottom garment", fetch("bottom_garment_url")),
                 ("coarse", ObjectStoragePath(coarse["uri"]).read_bytes()),
                 ("refined", ObjectStoragePath(refined["uri"]).read_bytes()),
             ],

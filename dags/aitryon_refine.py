@@ -34,7 +34,9 @@ with DAG(
         "bottom_garment_url": Param(
             f"{SAMPLES}/bottom.png", type=["string", "null"], description="Bottom garment; empty for a dress"
         ),
-        "coarse_image_url": Param(f"{SAMPLES}/coarse.png", type="string", description="Coarse try-on result"),
+        "coarse_image_url": Param(
+            f"{SAMPLES}/coarse.png", type="string", description="Coarse try-on result (the emulator has a sample)"
+        ),
         "gender": Param("woman", enum=["woman", "man"], description="Gender of the person"),
     },
 ) as dag:

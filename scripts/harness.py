@@ -27,21 +27,31 @@ class EmulatorProcess:
     base_url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    control_token: str = ""  # read from the token file the emulator writes next to its URL file
+
+    @property
+    def control_headers(self) -> dict[str, str]:
+        return {"X-Emulator-Token": self.control_token}
 
     def stats(self) -> dict[str, Any]:
         import requests
 
-        return dict(requests.get(f"{self.base_url}/_emulator/stats", timeout=10).json())
+        reply = requests.get(f"{self.base_url}/_emulator/stats", headers=self.control_headers, timeout=10)
+        reply.raise_for_status()
+        return dict(reply.json())
 
     def tasks(self) -> list[dict[str, Any]]:
         import requests
 
-        return list(requests.get(f"{self.base_url}/_emulator/tasks", timeout=10).json())
+        reply = requests.get(f"{self.base_url}/_emulator/tasks", headers=self.control_headers, timeout=10)
+        reply.raise_for_status()
+        return list(reply.json())
 
     def configure(self, **settings: Any) -> None:
         import requests
 
-        requests.post(f"{self.base_url}/_emulator/config", json=settings, timeout=10).raise_for_status()
+        requests.post(f"{self.base_url}/_emulator/config", json=settings, headers=self.control_headers,
+                      timeout=10).raise_for_status()  # fmt: skip
 
 
 @contextmanager
@@ -50,6 +60,7 @@ def emulator_process(workdir: Path, *args: str, startup_timeout: float = 30.0) -
     workdir.mkdir(parents=True, exist_ok=True)
     url_file = workdir / "emulator.url"
     url_file.unlink(missing_ok=True)
+    url_file.with_name(url_file.name + ".token").unlink(missing_ok=True)
     samples = workdir / "samples"
     log_path = workdir / "emulator.log"
     command = [
@@ -65,7 +76,8 @@ def emulator_process(workdir: Path, *args: str, startup_timeout: float = 30.0) -
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"The emulator did not start; see {log_path}:\n{log_path.read_text()}")
             time.sleep(0.05)
-        yield EmulatorProcess(url_file.read_text().strip(), process, log_path)
+        token_file = url_file.with_name(url_file.name + ".token")  # written before the URL file
+        yield EmulatorProcess(url_file.read_text().strip(), process, log_path, token_file.read_text().strip())
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -82,6 +94,9 @@ def airflow_env(home: Path, base_url: str, api_key: str = "demo-api-key", **extr
         AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
+        # Airflow writes "default_deferrable = false" into a new airflow.cfg, which the operators
+        # follow; this deployment chooses deferrable waits, as the provider's docs recommend.
+        AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE="True",
         AIRFLOW_CONN_DASHSCOPE_DEFAULT=json.dumps(
             {
                 "conn_type": "dashscope",

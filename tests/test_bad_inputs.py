@@ -1,6 +1,6 @@
 """The bad-input catalogue: every way a user can get an input wrong, and the exact message they see.
 
-Each case below is one row of the README table "Bad input: what you see", in the same order; the
+Each case below is one row of the table "Bad input: what you see" (docs/bad-inputs.md), in order; the
 test checks that row too (``readme_table()`` prints the whole table). A case provokes the problem
 the way a user would (an operator argument, an image URL, an answer of the API, a connection
 setting, a catalog line) and pins:
@@ -36,13 +36,13 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from conftest import API_KEY, FakeTI, set_connection
 from PIL import Image
 from scripted_server import Reply, ScriptedServer
 
 from airflow_provider_aitryon import api
 from airflow_provider_aitryon.catalog import INVALID_LINE, plan_chunks, read_catalog
+from airflow_provider_aitryon.compat import AirflowException, AirflowFailException, TaskDeferred
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
 from airflow_provider_aitryon.emulator.protocol import (
     MSG_INTERNAL,
@@ -66,7 +66,10 @@ COARSE = "http://img.example/coarse.png"
 SIGNED = "OSSAccessKeyId=LTAI5tDemo&Expires=1767225600&Signature=SIGNATURE-SECRET"
 QUERY_MARKERS = ("SIGNATURE-SECRET", "Signature=", "OSSAccessKeyId=")
 CONN_ENV = "AIRFLOW_CONN_DASHSCOPE_DEFAULT"
-FAST = {"backoff_base": 0.001, "backoff_max": 0.01, "max_attempts": 2, "read_timeout": 5, "lost_submit_grace": 0.05}
+# The images live on loopback servers (the emulator's samples, a closed port) that are not the
+# connection's base URL (the scripted API): pre-flight may fetch them only with allow_private_inputs.
+FAST = {"backoff_base": 0.001, "backoff_max": 0.01, "max_attempts": 2, "read_timeout": 5, "lost_submit_grace": 0.05,
+        "allow_private_inputs": True}  # fmt: skip
 DEFAULT_EXPIRY = 86400.0
 TASK_ID = "86ecf553-d340-4e21-af6e-a0c6a421c010"
 
@@ -271,31 +274,36 @@ def arg_person_missing(env: Env) -> None:
 
 
 @case("`top_garment_url=\"ftp://img.example/top.png\"`", "the operator, before any request: AirflowFailException",
-      "top_garment_url must be an http:// or https:// URL, got 'ftp://img.example/top.png'; DashScope can only "
-      "fetch images from public http(s) URLs.", names=("top_garment_url",), sends_nothing=True)  # fmt: skip
+      "top_garment_url must be an http(s) URL, an oss://bucket/key URI or an absolute file path, got "
+      "'ftp://img.example/top.png'; pass where the image is.", names=("top_garment_url",),
+      sends_nothing=True)  # fmt: skip
 def arg_top_ftp(env: Env) -> None:
     refiner(top_garment_url="ftp://img.example/top.png").execute(env.context)
 
 
-@case("`bottom_garment_url=\"file:///data/bottom.png\"`", "the operator, before any request: AirflowFailException",
-      "bottom_garment_url must be an http:// or https:// URL, got 'file:///data/bottom.png'; DashScope can only "
-      "fetch images from public http(s) URLs.", names=("bottom_garment_url",), sends_nothing=True)  # fmt: skip
+@case("`bottom_garment_url=\"file:///data/bottom.png\"` without `upload_local_files=True`",
+      "the operator, before any request: AirflowFailException",
+      "bottom_garment_url is a local file (file:///data/bottom.png); DashScope cannot read it: set "
+      "upload_local_files=True to upload it to DashScope's temporary storage (development only), or pass an http(s) "
+      "URL or an oss:// URI.",
+      names=("bottom_garment_url", "upload_local_files"), sends_nothing=True)  # fmt: skip
 def arg_bottom_file(env: Env) -> None:
     refiner(bottom_garment_url="file:///data/bottom.png").execute(env.context)
 
 
 @case("`coarse_image_url=\"img.example/coarse.png\"` (no scheme)",
       "the operator, before any request: AirflowFailException",
-      "coarse_image_url must be an http:// or https:// URL, got 'img.example/coarse.png'; DashScope can only "
-      "fetch images from public http(s) URLs.", names=("coarse_image_url",), sends_nothing=True)  # fmt: skip
+      "coarse_image_url must be an http(s) URL, an oss://bucket/key URI or an absolute file path, got "
+      "'img.example/coarse.png'; pass where the image is.", names=("coarse_image_url",),
+      sends_nothing=True)  # fmt: skip
 def arg_coarse_no_scheme(env: Env) -> None:
     refiner(coarse_image_url="img.example/coarse.png").execute(env.context)
 
 
 @case("a signed URL without its scheme: `top_garment_url=\"//img.example/top.png?OSSAccessKeyId=…&Signature=…\"`",
       "the operator, before any request: AirflowFailException",
-      "top_garment_url must be an http:// or https:// URL, got '//img.example/top.png'; DashScope can only fetch "
-      "images from public http(s) URLs.", names=("top_garment_url",), sends_nothing=True)  # fmt: skip
+      "top_garment_url must be an http(s) URL, an oss://bucket/key URI or an absolute file path, got "
+      "'//img.example/top.png'; pass where the image is.", names=("top_garment_url",), sends_nothing=True)  # fmt: skip
 def arg_signed_url_without_scheme(env: Env) -> None:
     refiner(top_garment_url=f"//img.example/top.png?{SIGNED}").execute(env.context)
 
@@ -764,8 +772,9 @@ def catalog_bad_gender(env: Env) -> str:
 
 
 @case("a catalog line with an `s3://` person image", MANIFEST,
-      "catalog line 1 (sku A-1): person_image_url must be an http:// or https:// URL, got 's3://looks/p.jpg'; "
-      "DashScope can only fetch images from public http(s) URLs.", raises=None,
+      "catalog line 1 (sku A-1): person_image_url must be an http(s) URL or an oss://bucket/key URI, got "
+      "'s3://looks/p.jpg'; DashScope can only fetch images from public http(s) URLs or private OSS objects.",
+      raises=None,
       names=("person_image_url",))  # fmt: skip
 def catalog_s3_url(env: Env) -> str:
     return catalog_row(env, GOOD_LINE.replace(PERSON, "s3://looks/p.jpg"))
@@ -783,6 +792,38 @@ def catalog_duplicate_sku(env: Env) -> str:
 def catalog_missing_file(env: Env) -> None:
     with airflow_errors():  # as the plan task of dags/aitryon_catalog_backfill.py runs it
         plan_chunks(str(env.tmp_path / "2026-01-01.jsonl"), str(env.tmp_path / "out"))
+
+
+@case("a backfill `output` that names a file", "the backfill's `plan` task: AirflowFailException",
+      "output «path» cannot be a folder because «path» is a file; point output at a folder (it is created if "
+      "missing).", names=("output", "folder"), sends_nothing=True)  # fmt: skip
+def backfill_output_is_a_file(env: Env) -> None:
+    catalog = env.catalog(GOOD_LINE)
+    with airflow_errors():
+        plan_chunks(catalog, catalog, holder="dag/run")
+
+
+@case("a backfill `output=\"s3://bucket/looks\"` on workers without the Amazon provider",
+      "the backfill's `plan` task: AirflowFailException",
+      "output s3://bucket/looks needs the filesystem for s3://, which is not installed; install "
+      "apache-airflow-providers-amazon[s3fs] on every worker.", names=("output", "install"),
+      sends_nothing=True)  # fmt: skip
+def backfill_output_store_not_installed(env: Env) -> None:
+    with airflow_errors():
+        plan_chunks(env.catalog(GOOD_LINE), "s3://bucket/looks", holder="dag/run")
+
+
+@case("`person_image_url=\"http://169.254.169.254/latest/meta-data\"` (cloud metadata)",
+      "the operator's pre-flight, before submitting: AirflowFailException",
+      "person_image_url: http://169.254.169.254/latest/meta-data is a link-local address; link-local and cloud "
+      "metadata addresses are never fetched; DashScope must be able to fetch the image from a public http(s) URL "
+      "without credentials.",
+      names=("person_image_url",), sends_nothing=True)  # fmt: skip
+def preflight_cloud_metadata(env: Env) -> str | None:
+    env.connect(env.api.base_url, allow_private_inputs=True)
+    return refiner(person_image_url="http://169.254.169.254/latest/meta-data", validate_inputs=True).execute(
+        env.context
+    )
 
 
 # ---------------------------------------------------------------------------- the test
@@ -874,7 +915,8 @@ def test_bad_input(case: Case, env: Env) -> None:
 # ---------------------------------------------------------------------------- the README table
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+# The catalogue lives in the documentation (docs/bad-inputs.md); the name README is kept for its callers.
+README = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
 README_MARKERS = ("<!-- BAD-INPUTS:START -->", "<!-- BAD-INPUTS:END -->")
 
 

@@ -11,7 +11,7 @@ import pytest
 from airflow.sdk import BaseHook, Connection
 
 from airflow_provider_aitryon.api import DEFAULT_BASE_URL
-from airflow_provider_aitryon.connection import EXTRA_FIELDS, ConnectionSettings
+from airflow_provider_aitryon.connection import EXTRA_BOOL_FIELDS, EXTRA_FIELDS, ConnectionSettings
 from airflow_provider_aitryon.errors import DashScopeConfigError
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
 
@@ -168,7 +168,6 @@ BAD_NUMBERS = [
     pytest.param(-1, id="negative"),
     pytest.param(True, id="bool-true"),
     pytest.param(False, id="bool-false"),
-    pytest.param(None, id="null"),
     pytest.param([1], id="list"),
     pytest.param({"v": 1}, id="object"),
 ]
@@ -185,6 +184,14 @@ def test_bad_extra_number_is_one_sentence_naming_the_field(name, value):
     assert repr(value) in message
     assert one_sentence(message), message
     assert API_KEY not in message
+
+
+@pytest.mark.parametrize("value", [None, "", "  "])
+def test_unset_extra_takes_its_default(value):
+    # Airflow's connection form saves untouched and cleared fields as null (3.1 saves every field
+    # so, having no defaults): each means the default, as if the key were absent.
+    names = [*EXTRA_FIELDS, *EXTRA_BOOL_FIELDS]
+    assert settings_of(extra=dict.fromkeys(names, value)) == settings_of(extra={})
 
 
 @pytest.mark.parametrize(
@@ -259,9 +266,10 @@ def test_uri_form_env_var(monkeypatch):
         "dashscope://:sk-key-from-uri@127.0.0.1:8089?scheme=http&max_attempts=3&backoff_base=0.001&workspace=ws-uri",
     )
     airflow_conn = BaseHook.get_connection("ds_uri")
-    # What Airflow's URI parser gives: host and port split, query string in extra (as strings).
+    # What Airflow's URI parser gives: host and port split, query string in extra (as strings on
+    # 3.2+; 3.1 turns numbers into numbers, and the provider reads both).
     assert (airflow_conn.host, airflow_conn.port, airflow_conn.password) == ("127.0.0.1", 8089, "sk-key-from-uri")
-    assert airflow_conn.extra_dejson == {
+    assert {key: str(value) for key, value in airflow_conn.extra_dejson.items()} == {
         "scheme": "http",
         "max_attempts": "3",
         "backoff_base": "0.001",

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from test_hook_bounds import RawServer, dripping_headers
 
-from airflow_provider_aitryon.downloads import DownloadBounds, DownloadError, fetch
+from airflow_provider_aitryon.downloads import AddressPolicy, DownloadBounds, DownloadError, fetch
 from airflow_provider_aitryon.errors import DashScopeConfigError
 from airflow_provider_aitryon.preflight import InputInspector
 
@@ -78,7 +78,10 @@ def test_a_redirect_loop_is_refused(raw):
 
 def test_preflight_ends_a_host_dripping_headers_in_one_sentence(raw):
     url = raw(dripping_headers) + "/person.png?Signature=SECRET"
-    with InputInspector(max_seconds=1, attempts=1) as inspector, pytest.raises(DashScopeConfigError) as info:
+    with (
+        InputInspector(max_seconds=1, attempts=1, policy=AddressPolicy(allow_private=True)) as inspector,
+        pytest.raises(DashScopeConfigError) as info,
+    ):
         inspector.inspect("person_image_url", url)
     message = str(info.value)
     assert message.startswith("person_image_url: http://127.0.0.1:")

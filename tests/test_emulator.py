@@ -536,7 +536,7 @@ def test_fault_drop_loses_some_accepted_submits(emu: Emulator) -> None:
     # Control, samples and health are never faulted.
     assert requests.get(emu.base_url + "/health", timeout=10).status_code == 200
     assert requests.get(emu.sample_url("top.png"), timeout=10).status_code == 200
-    assert requests.get(emu.base_url + "/_emulator/stats", timeout=10).status_code == 200
+    assert requests.get(emu.base_url + "/_emulator/stats", headers=emu.control_headers, timeout=10).status_code == 200
 
 
 def test_fault_slow_still_answers(emu: Emulator) -> None:
@@ -581,14 +581,16 @@ def test_faults_repeat_with_the_same_seed() -> None:
 # ---------------------------------------------------------------------------- introspection
 
 
-def test_request_log_keeps_headers_verbatim_and_stderr_hides_the_key(capfd: pytest.CaptureFixture[str]) -> None:
+def test_request_log_keeps_headers_but_never_the_key_and_stderr_hides_it(capfd: pytest.CaptureFixture[str]) -> None:
     with Emulator(config(log_requests=True)) as emu:
         tid = submit_ok(emu, coarse_body(emu))
         wait_terminal(emu, tid)
         log = emu.requests()
+        fingerprint = emu.key_fingerprint(KEY)
     first = log[0]
     assert first["method"] == "POST" and first["path"] == SUBMIT_PATH
-    assert first["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert first["headers"]["Authorization"] == "[redacted]"
+    assert first["api_key_fingerprint"] == fingerprint and KEY not in repr(log)
     assert ["X-DashScope-Async", "enable"] in first["raw_headers"]
     assert json.loads(first["body"])["model"] == MODEL_TRYON
     assert first["status"] == 200
@@ -601,9 +603,10 @@ def test_request_log_keeps_headers_verbatim_and_stderr_hides_the_key(capfd: pyte
 
 def test_control_endpoints_over_http(emu: Emulator) -> None:
     base = emu.base_url + "/_emulator"
+    control = emu.control_headers
     tid = submit_ok(emu, coarse_body(emu))
     wait_terminal(emu, tid)
-    stats = requests.get(base + "/stats", timeout=10).json()
+    stats = requests.get(base + "/stats", headers=control, timeout=10).json()
     for key in (
         "submits_accepted",
         "submits_by_model",
@@ -617,18 +620,18 @@ def test_control_endpoints_over_http(emu: Emulator) -> None:
         assert key in stats
     assert stats["submits_by_model"] == {MODEL_TRYON: 1}
     assert stats["faults"]["lost_submit_responses"] == 0
-    tasks = requests.get(base + "/tasks", timeout=10).json()
+    tasks = requests.get(base + "/tasks", headers=control, timeout=10).json()
     assert tasks[0]["task_id"] == tid and tasks[0]["model"] == MODEL_TRYON
     assert tasks[0]["input"]["person_image_url"].endswith("/samples/person.png")
     assert tasks[0]["status"] == "SUCCEEDED"
-    reqs = requests.get(base + "/requests", timeout=10).json()
+    reqs = requests.get(base + "/requests", headers=control, timeout=10).json()
     assert all(not r["path"].startswith("/_emulator") for r in reqs)
-    cfg = requests.post(base + "/config", json={"fault_429": 0.5, "max_running": 2}, timeout=10)
+    cfg = requests.post(base + "/config", json={"fault_429": 0.5, "max_running": 2}, headers=control, timeout=10)
     assert cfg.status_code == 200 and cfg.json()["fault_429"] == 0.5
     assert emu.config.max_running == 2
-    assert requests.post(base + "/config", json={"fault_429": 2}, timeout=10).status_code == 400
-    assert requests.post(base + "/config", json={"no_such": 1}, timeout=10).status_code == 400
-    assert requests.post(base + "/reset", timeout=10).status_code == 200
+    assert requests.post(base + "/config", json={"fault_429": 2}, headers=control, timeout=10).status_code == 400
+    assert requests.post(base + "/config", json={"no_such": 1}, headers=control, timeout=10).status_code == 400
+    assert requests.post(base + "/reset", json={}, headers=control, timeout=10).status_code == 200
     after = emu.stats()
     assert after["tasks_total"] == 0 and after["submits_accepted"] == 0
     assert status_of(emu, tid) == "UNKNOWN"

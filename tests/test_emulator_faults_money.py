@@ -117,12 +117,13 @@ def test_lost_reply_creates_exactly_one_task_and_loses_the_reply(emu: Emulator, 
 
 def test_lost_reply_counter_counts_down_over_http(emu: Emulator) -> None:
     base = emu.base_url + "/_emulator/config"
-    r = requests.post(base, json={"lost_reply_submits": 2, "lost_reply_kind": "502"}, timeout=10)
+    control = emu.control_headers
+    r = requests.post(base, json={"lost_reply_submits": 2, "lost_reply_kind": "502"}, headers=control, timeout=10)
     assert r.status_code == 200 and r.json()["lost_reply_submits"] == 2
     assert submit(emu, coarse_body(emu)).status_code == 502
-    assert requests.get(base, timeout=10).json()["lost_reply_submits"] == 1
+    assert requests.get(base, headers=control, timeout=10).json()["lost_reply_submits"] == 1
     assert submit(emu, coarse_body(emu)).status_code == 502
-    assert requests.get(base, timeout=10).json()["lost_reply_submits"] == 0
+    assert requests.get(base, headers=control, timeout=10).json()["lost_reply_submits"] == 0
     assert submit(emu, coarse_body(emu)).status_code == 200
     stats = emu.stats()
     assert stats["submits_accepted"] == 3 and stats["faults"]["lost_submit_responses"] == 2
@@ -175,7 +176,7 @@ def test_new_settings_are_validated(emu: Emulator, settings: dict[str, Any]) -> 
     with pytest.raises(ValueError):
         EmulatorConfig(**settings)
     if all(not isinstance(v, float) or math.isfinite(v) for v in settings.values()):  # NaN/inf are not JSON
-        r = requests.post(emu.base_url + "/_emulator/config", json=settings, timeout=10)
+        r = requests.post(emu.base_url + "/_emulator/config", json=settings, headers=emu.control_headers, timeout=10)
         assert r.status_code == 400
 
 
@@ -205,7 +206,7 @@ def test_skew_shifts_the_date_header_of_every_response(emu: Emulator, skew: floa
         lambda: requests.get(base + "/health", timeout=10),
         lambda: requests.get(emu.sample_url("top.png"), timeout=10),
         lambda: requests.get(base + "/no/such/route", timeout=10),
-        lambda: requests.get(base + "/_emulator/stats", timeout=10),
+        lambda: requests.get(base + "/_emulator/stats", headers=emu.control_headers, timeout=10),
         lambda: requests.patch(base + "/health", timeout=10),  # 501 from the stdlib's send_error
     ):
         before = time.time()
@@ -217,7 +218,8 @@ def test_skew_shifts_the_date_header_of_every_response(emu: Emulator, skew: floa
     assert 400 in responses and 501 in responses
 
     # A runtime change applies to the very next reply.
-    requests.post(base + "/_emulator/config", json={"clock_skew_seconds": 0}, timeout=10)
+    requests.post(base + "/_emulator/config", json={"clock_skew_seconds": 0}, headers=emu.control_headers,
+                  timeout=10).raise_for_status()  # fmt: skip
     now = time.time()
     assert abs(date_header(requests.get(base + "/health", timeout=10)) - now) <= 1.5
 
@@ -403,7 +405,7 @@ def test_tasks_per_request_counts_client_tasks_per_digest(emu: Emulator) -> None
 
     expected = {digest_a: 3, digest_b: 1}  # the neighbour's task on digest_a is not ours
     assert emu.tasks_per_request() == expected
-    stats = requests.get(emu.base_url + "/_emulator/stats", timeout=10).json()
+    stats = requests.get(emu.base_url + "/_emulator/stats", headers=emu.control_headers, timeout=10).json()
     assert stats["tasks_per_request"] == expected
     assert stats["neighbor_tasks"] == 1 and stats["submits_accepted"] == 5
 

@@ -72,6 +72,7 @@ def make_coarse(emu: Emulator) -> str:
     raise AssertionError("the coarse image was not made")
 
 
+@pytest.mark.slow  # about 2.5 minutes: `make test-slow` (CI runs it after `make test`)
 def test_a_200_item_batch_finishes_with_nothing_lost_or_paid_twice(flaky, tmp_path, monkeypatch):
     coarse = make_coarse(flaky)
     set_connection(monkeypatch, flaky.base_url, **CLIENT)

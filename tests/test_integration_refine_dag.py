@@ -10,10 +10,22 @@ from typing import Any
 import pytest
 import requests
 from harness import airflow_env, dags_test, make_coarse_image, migrate, task_states, xcom_value
+from packaging.version import Version
 
+from airflow_provider_aitryon import compat
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
 
-pytestmark = pytest.mark.integration
+# Also in `make test-matrix`: a real DAG run, deferred to a triggerer, on every supported Airflow but
+# 3.2, whose `airflow dags test` cannot start any task, this provider's or not: its in-process execution
+# API answers before its start-up has registered its services ("'State' object has no attribute
+# 'svcs_registry'"); 3.3 waits for the start-up (docs/versions.rst).
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.matrix,
+    pytest.mark.skipif(
+        Version("3.2") <= compat.AIRFLOW_VERSION < Version("3.3"), reason="airflow dags test is broken on Airflow 3.2"
+    ),
+]
 
 SECRET_KEY = "sk-integration-SECRET-5be1d0c4"
 DAG_ID = "aitryon_refine"
@@ -76,6 +88,8 @@ def test_refine_dag_succeeds_and_returns_the_emulator_result(emulator, airflow, 
     assert sensor_result["usage"] == {"image_count": 1}
     assert requests.get(image_url, timeout=10).content[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Pausing task as DEFERRED" in run.output  # the sensor really went through the trigger
+    # The deferred wait says when a kill could not cancel the DashScope task (before Airflow 3.3).
+    assert ("is not canceled" in run.output) == (not compat.TRIGGER_ON_KILL), run.output[-4000:]
 
 
 def test_failed_task_fails_the_sensor_with_code_and_message(emulator, airflow, coarse_url):
@@ -119,7 +133,9 @@ def test_api_key_appears_only_in_the_authorization_header(emulator, airflow):
     assert log
     for entry in log:
         headers = {k.lower(): v for k, v in entry["headers"].items()}
-        assert headers.get("authorization") == f"Bearer {SECRET_KEY}"
+        # The log keeps that a key was sent, and which, but never the key itself.
+        assert headers.get("authorization") == "[redacted]"
+        assert entry["api_key_fingerprint"] == emulator.key_fingerprint(SECRET_KEY)
         rest = {k: v for k, v in entry.items() if k not in ("headers", "raw_headers")}
         others = [(k, v) for k, v in entry.get("raw_headers", entry["headers"].items()) if k.lower() != "authorization"]
         assert SECRET_KEY not in repr(rest) + repr(others)

@@ -18,22 +18,24 @@ from typing import Any
 
 import pytest
 import replies
-from airflow.sdk.exceptions import AirflowFailException
 from conftest import FakeTI, remember, set_connection
 from PIL import Image
 
 from airflow_provider_aitryon import api
+from airflow_provider_aitryon.compat import AirflowFailException
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
 from airflow_provider_aitryon.emulator.state import EMULATOR_FETCH_AGENT
 from airflow_provider_aitryon.errors import DashScopeConfigError
 from airflow_provider_aitryon.image_rules import MAX_BYTES
 from airflow_provider_aitryon.operators.refiner import RefinerSubmitOperator
 from airflow_provider_aitryon.operators.tryon import TryOnSubmitOperator
-from airflow_provider_aitryon.preflight import InputInspector, shown_url
+from airflow_provider_aitryon.preflight import AddressPolicy, InputInspector, shown_url
 
 PUBLIC = "DashScope must be able to fetch the image from a public http(s) URL without credentials."
 FORMATS = "allowed formats are JPEG, PNG and BMP (also WEBP and HEIC where Pillow reads them)."
 HUGE_BODY = 64 * 1024 * 1024
+# The image hosts below listen on loopback: the inspector is told it may fetch from them.
+LOCAL = AddressPolicy(allow_private=True)
 
 
 def image(width: int, height: int, fmt: str = "PNG", *, pad_to: int | None = 8 * 1024) -> bytes:
@@ -170,7 +172,7 @@ def host() -> Iterator[ImageHost]:
 
 @pytest.fixture
 def inspector() -> Iterator[InputInspector]:
-    with InputInspector(backoff_base=0.0) as inspector:
+    with InputInspector(backoff_base=0.0, policy=LOCAL) as inspector:
         yield inspector
 
 
@@ -260,7 +262,10 @@ def test_longest_side_4097_is_refused_and_4096_passes(host, inspector):
 
 
 def test_coarse_and_person_sizes_must_match_on_the_emulator_samples():
-    with Emulator(EmulatorConfig(log_requests=False)) as emu, InputInspector() as inspector:
+    with (
+        Emulator(EmulatorConfig(log_requests=False)) as emu,
+        InputInspector(policy=AddressPolicy.for_base_url(emu.base_url)) as inspector,
+    ):
         call = api.refiner_call(
             person_image_url=emu.sample_url("person.png"),
             top_garment_url=emu.sample_url("top.png"),
@@ -423,7 +428,7 @@ def test_a_refusal_is_cached_and_names_the_field_that_asked(host, inspector):
 def test_a_new_inspector_fetches_again(host):
     url = host.serve("/p.png", image(300, 300))
     for _ in range(2):
-        with InputInspector() as inspector:
+        with InputInspector(policy=LOCAL) as inspector:
             inspector.inspect("top_garment_url", url)
     assert host.methods("/p.png") == ["HEAD", "GET", "HEAD", "GET"]
 
@@ -473,7 +478,8 @@ def test_refiner_with_good_images_submits_once(emu):
     assert emu.stats()["submits_accepted"] == 1
 
 
-def test_tryon_with_a_gif_garment_fails_unless_validation_is_off(emu, host):
+def test_tryon_with_a_gif_garment_fails_unless_validation_is_off(emu, host, monkeypatch):
+    set_connection(monkeypatch, emu.base_url, allow_private_inputs=True)  # the GIF's host is not the emulator
     gif = host.serve("/top.png", image(512, 512, "GIF"))
     op = TryOnSubmitOperator(task_id="submit", person_image_url=emu.sample_url("person.png"), top_garment_url=gif)
     with pytest.raises(AirflowFailException, match=r"^top_garment_url: the image is in GIF format"):
@@ -516,7 +522,7 @@ def test_a_missing_api_key_is_reported_before_any_image_is_fetched(monkeypatch, 
 
 def test_a_host_dripping_the_image_is_refused_at_the_deadline(host):
     url = host.serve("/slow.png", image(576, 1024), drip=0.05)
-    with InputInspector(max_seconds=0.5, attempts=1) as inspector:
+    with InputInspector(max_seconds=0.5, attempts=1, policy=LOCAL) as inspector:
         message = refused(inspector, "person_image_url", url)
     assert "took more than 0.5 s to send the image" in message
     assert next(h for h in host.hits if h.method == "GET").sent < 100  # abandoned, not read to the end

@@ -11,7 +11,7 @@ import airflow
 import jsonschema
 import pytest
 
-from airflow_provider_aitryon.connection import EXTRA_BOOL_FIELDS, EXTRA_FIELDS
+from airflow_provider_aitryon.connection import EXTRA_BOOL_FIELDS, EXTRA_FIELDS, EXTRA_TEXT_FIELDS
 from airflow_provider_aitryon.get_provider_info import get_provider_info
 
 INFO = get_provider_info()
@@ -55,5 +55,20 @@ def test_classes_named_in_it_exist():
 def test_connection_form_fields_are_the_extras_the_hook_reads():
     (conn,) = INFO["connection-types"]
     assert conn["connection-type"] == "dashscope"
-    assert set(conn["conn-fields"]) == {"workspace", *EXTRA_FIELDS, *EXTRA_BOOL_FIELDS}
+    assert set(conn["conn-fields"]) == {*EXTRA_TEXT_FIELDS, *EXTRA_FIELDS, *EXTRA_BOOL_FIELDS}
+
+
+def test_every_extra_in_the_form_says_what_it_does():
+    (conn,) = INFO["connection-types"]
+    for name, field in conn["conn-fields"].items():
+        assert len(field.get("description", "")) > 20, f"extra {name} has no description"
+
+
+def test_the_form_and_the_hook_show_the_same_labels_and_hints():
+    from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
+
+    (conn,) = INFO["connection-types"]
+    hook_side = {key.replace("_", "-"): value for key, value in DashScopeHook.get_ui_field_behaviour().items()}
+    assert conn["ui-field-behaviour"] == hook_side
+    assert "127.0.0.1:8089" in hook_side["placeholders"]["host"]
     assert conn["ui-field-behaviour"]["relabeling"] == {"password": "API key", "host": "Base URL"}

@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 API_KEY = "sk-real-airflow-SECRET-4e8b1f0a9c27d35b"
 PIPELINE = "aitryon_pipeline"
 WORKER_KILLED = "real_worker_killed"
+KILLED_IN_WORKER = "real_killed_in_worker"
 BLOCKER_MODEL = api.MODEL_TRYON_PLUS  # only the blocker uses it, so per-model counts stay exact
 PIPELINE_TASKS = {
     "plan_output",
@@ -81,8 +82,12 @@ def airflow(emulator: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Ite
         workdir,
         emulator.base_url,
         API_KEY,
-        dag_files=[REPO / "dags" / "aitryon_pipeline.py", REPO / "tests" / "dags" / "real_worker_killed.py"],
-        dag_ids=[PIPELINE, WORKER_KILLED],
+        dag_files=[
+            REPO / "dags" / "aitryon_pipeline.py",
+            REPO / "tests" / "dags" / "real_worker_killed.py",
+            REPO / "tests" / "dags" / "real_killed_in_worker.py",
+        ],
+        dag_ids=[PIPELINE, WORKER_KILLED, KILLED_IN_WORKER],
         AITRYON_REAL_KILL_DIR=str(kill_dir),
     ) as real:
         yield real
@@ -254,6 +259,14 @@ def test_triggerer_restarts_while_the_sensor_is_deferred(emulator, airflow, trig
     assert refined["task_id"] == airflow.xcom(PIPELINE, run_id, "submit_refiner")
     assert (Path(airflow.xcom(PIPELINE, run_id, "save_refined")["uri"])).read_bytes()[:4] == b"\x89PNG"
 
+    # The extra links were computed from the live operators' results: no XCom look-ups that fail
+    # (each deferral used to log "XCom not found"), and the links point at the result and the copy.
+    for task_id in PIPELINE_TASKS:
+        assert "XCom not found" not in task_log(airflow, PIPELINE, run_id, task_id, 1), task_id
+    assert airflow.xcom(PIPELINE, run_id, "wait_for_coarse", key="_link_TryOnResultLink") == coarse_result["image_url"]
+    saved = airflow.xcom(PIPELINE, run_id, "save_refined")
+    assert airflow.xcom(PIPELINE, run_id, "save_refined", key="_link_SavedImageLink") == Path(saved["uri"]).as_uri()
+
     assert [t["classpath"] for t in snapshot["triggers"]] == [
         "airflow_provider_aitryon.triggers.dashscope.DashScopeTaskTrigger"
     ]
@@ -358,6 +371,50 @@ def test_marking_a_deferred_sensor_failed_cancels_its_pending_task(emulator, air
     DONE["mark_failed"] = {"run_id": run_id, "task_id": coarse_id}
 
 
+def test_killing_tasks_that_wait_in_the_worker_cancels_their_pending_tasks(emulator, airflow):
+    """Submit-and-wait and a poke-mode sensor, marked failed by a user: on_kill cancels each task once."""
+    run_id = "real_killed_in_worker"
+    with queue_blocked(emulator):
+        airflow.trigger(KILLED_IN_WORKER, run_id)
+
+        def waiting_ids() -> dict[str, str] | None:
+            states = airflow.task_states(KILLED_IN_WORKER, run_id)
+            waited = airflow.xcom(KILLED_IN_WORKER, run_id, "submit_and_wait", key="dashscope_task_id")
+            poked = airflow.xcom(KILLED_IN_WORKER, run_id, "submit")
+            running = states.get("submit_and_wait") == "running" and states.get("poke") == "running"
+            if running and waited and poked and polls(emulator, waited) >= 1 and polls(emulator, poked) >= 1:
+                return {"submit_and_wait": str(waited), "poke": str(poked)}
+            return None
+
+        ids = airflow.wait_until(
+            waiting_ids, 120, "both tasks waiting in their workers", run=(KILLED_IN_WORKER, run_id)
+        )
+        assert ids is not None
+        for dashscope_id in ids.values():
+            assert emulator_task(emulator, dashscope_id)["status"] == "PENDING"
+        for task_id in ids:
+            response = airflow.api(
+                "PATCH",
+                f"/dags/{KILLED_IN_WORKER}/dagRuns/{run_id}/taskInstances/{task_id}",
+                json={"new_state": "failed"},
+            )
+            assert response.status_code == 200, response.text
+        for task_id, dashscope_id in ids.items():
+            airflow.wait_until(
+                lambda dashscope_id=dashscope_id: emulator_task(emulator, dashscope_id)["status"] == "CANCELED",
+                60,
+                f"on_kill of {task_id} to cancel DashScope task {dashscope_id}",
+                run=(KILLED_IN_WORKER, run_id),
+            )
+    for dashscope_id in ids.values():
+        cancels = [e for e in cancel_requests(emulator) if e["path"].rstrip("/") == api.cancel_path(dashscope_id)]
+        assert [e["status"] for e in cancels] == [200]
+    assert airflow.wait_for_run(KILLED_IN_WORKER, run_id, timeout=120) == "failed"
+    log = task_log(airflow, KILLED_IN_WORKER, run_id, "submit_and_wait", 1)
+    assert f"Killed while waiting for DashScope task {ids['submit_and_wait']}" in log
+    DONE["killed_in_worker"] = {"run_id": run_id, "task_id": ids["poke"]}
+
+
 def test_api_key_appears_only_in_the_authorization_header(emulator, airflow):
     """Runs last: scans everything the runs above left behind."""
     assert {"restart", "worker_killed", "mark_failed"} <= set(DONE), "the real-Airflow runs above must run first"
@@ -390,7 +447,9 @@ def test_api_key_appears_only_in_the_authorization_header(emulator, airflow):
     assert len(api_calls) >= 10
     for entry in api_calls:
         headers = {name.lower(): value for name, value in entry["headers"].items()}
-        assert headers.get("authorization") == f"Bearer {API_KEY}", entry["path"]
+        # The log keeps that a key was sent, and which, but never the key itself.
+        assert headers.get("authorization") == "[redacted]", entry["path"]
+        assert entry["api_key_fingerprint"] == emulator.key_fingerprint(API_KEY)
         rest = {k: v for k, v in entry.items() if k not in ("headers", "raw_headers")}
         others = [(k, v) for k, v in entry["raw_headers"] if k.lower() != "authorization"]
         assert API_KEY not in repr(rest) + repr(others)

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 import replies
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from conftest import FakeTI, remember, set_connection
 
+from airflow_provider_aitryon.compat import AirflowException, AirflowFailException, TaskDeferred
 from airflow_provider_aitryon.operators.refiner import RefinerSubmitOperator
 from airflow_provider_aitryon.operators.tryon import TryOnSubmitOperator
 from airflow_provider_aitryon.triggers.dashscope import task_event

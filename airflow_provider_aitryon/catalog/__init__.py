@@ -28,9 +28,10 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_aitryon import api
+from airflow_provider_aitryon import api, lineage
 from airflow_provider_aitryon.errors import PERMANENT_CODES, DashScopeConfigError
 from airflow_provider_aitryon.models import Outcome, TaskStatus
+from airflow_provider_aitryon.oss.uri import is_oss_uri
 from airflow_provider_aitryon.registry import (
     Decision,
     Submission,
@@ -40,7 +41,7 @@ from airflow_provider_aitryon.registry import (
     sku_file_stem,
 )
 from airflow_provider_aitryon.registry.lease import PartitionLease
-from airflow_provider_aitryon.storage import atomic_write, resolve_destination
+from airflow_provider_aitryon.storage import atomic_write, resolve_destination, writable_folder
 
 STAGE_COARSE = "coarse"
 STAGE_REFINE = "refine"
@@ -119,10 +120,10 @@ def parse_item(line_no: int, raw: Any) -> CatalogItem:
     try:
         item = CatalogItem(
             sku=str(sku).strip(),
-            person_image_url=str(api.require_url("person_image_url", raw.get("person_image_url"))),
-            top_garment_url=api.require_url("top_garment_url", raw.get("top_garment_url"), required=False),
-            bottom_garment_url=api.require_url("bottom_garment_url", raw.get("bottom_garment_url"), required=False),
-            coarse_image_url=api.require_url("coarse_image_url", raw.get("coarse_image_url"), required=False),
+            person_image_url=str(_image("person_image_url", raw)),
+            top_garment_url=_image("top_garment_url", raw, required=False),
+            bottom_garment_url=_image("bottom_garment_url", raw, required=False),
+            coarse_image_url=_image("coarse_image_url", raw, required=False),
             gender=api.require_choice("gender", raw.get("gender"), api.GENDERS),
         )
         # Build the item's first request once: every argument rule of the operators applies here too.
@@ -144,7 +145,8 @@ def read_catalog(uri: str, *, conn_id: str | None = None) -> tuple[list[CatalogI
     items: list[CatalogItem] = []
     bad: list[ManifestRow] = []
     seen: set[str] = set()
-    for line_no, text in enumerate(path.read_text().splitlines(), start=1):
+    lineage.report_hook_lineage(inputs=[path])
+    for line_no, text in enumerate(_read_text(path).splitlines(), start=1):
         if not text.strip():
             continue
         try:
@@ -298,7 +300,7 @@ def read_manifest(uri: str, *, conn_id: str | None = None) -> dict[str, dict[str
     path = _path(uri, conn_id)
     if not path.exists():
         return {}
-    return _latest_rows(path.read_text().splitlines())
+    return _latest_rows(_read_text(path).splitlines())
 
 
 def _latest_rows(lines: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -329,14 +331,29 @@ def merge_manifest(output: str, *, conn_id: str | None = None) -> dict[str, dict
     parts = _path(parts_dir(output), conn_id)
     part_files = sorted(p for p in parts.iterdir() if p.name.endswith(".jsonl")) if parts.exists() else []
     for part in part_files:
-        for sku, row in _latest_rows(part.read_text().splitlines()).items():
+        for sku, row in _latest_rows(_read_text(part).splitlines()).items():
             if sku not in rows or row.get("t", 0) >= rows[sku].get("t", 0):
                 rows[sku] = row
     ordered: list[dict[str, Any]] = sorted(rows.values(), key=lambda r: str(r["sku"]))
     write_rows(manifest_uri(output), ordered, conn_id=conn_id)
+    lineage.report_hook_lineage(inputs=[parts] if part_files else [], outputs=[manifest_uri(output)])
     for part in part_files:  # only after manifest.jsonl holds their rows
         part.unlink()
     return rows
+
+
+def _image(field_name: str, raw: Mapping[str, Any], *, required: bool = True) -> str | None:
+    # http(s) URLs and private oss:// objects (signed at submit time); no local files in a catalog.
+    return api.require_image(field_name, raw.get(field_name), required=required, local=False)
+
+
+def has_oss_inputs(items: Iterable[CatalogItem]) -> bool:
+    """Whether any item names an ``oss://`` image, so the run needs its OSS connection."""
+    return any(
+        is_oss_uri(url)
+        for item in items
+        for url in (item.person_image_url, item.top_garment_url, item.bottom_garment_url, item.coarse_image_url)
+    )
 
 
 def is_permanent(code: str | None) -> bool:
@@ -346,6 +363,14 @@ def is_permanent(code: str | None) -> bool:
 def _path(uri: str, conn_id: str | None) -> ObjectStoragePath:
     path, _ = resolve_destination(uri, conn_id=conn_id, field_name="output")
     return path
+
+
+def _read_text(path: ObjectStoragePath) -> str:
+    """The file's text, read with the file system's own ``open``: ``ObjectStoragePath.open`` reports
+    every file read to hook lineage (and ``read_text`` uses it on some versions), while the catalog
+    reports its datasets per partition itself (see `airflow_provider_aitryon.lineage`)."""
+    with path.fs.open(path.path, "rb") as handle:
+        return handle.read().decode("utf-8")
 
 
 # ------------------------------------------------------------------------------------ plan and rows
@@ -371,6 +396,7 @@ def plan_chunks(
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise DashScopeConfigError(f"chunk_size must be a whole number of at least 1, got {chunk_size!r}; set it.")
+    output = writable_folder(output, conn_id=conn_id, field_name="output")
     if holder is not None:
         partition_lease(output, holder, conn_id=conn_id).acquire(holder_alive)
     items, bad = read_catalog(catalog, conn_id=conn_id)
@@ -384,11 +410,14 @@ def plan_chunks(
         data = "".join(json.dumps(item.to_dict(), sort_keys=True) + "\n" for item in chunk)
         atomic_write(data.encode(), _path(uri, conn_id))
         uris.append(uri)
+    # Per partition, not per chunk or item (see `airflow_provider_aitryon.lineage`).
+    written = ([f"{output.rstrip('/')}/chunks"] if uris else []) + ([parts_dir(output)] if bad else [])
+    lineage.report_hook_lineage(outputs=written)
     return uris
 
 
 def read_chunk(uri: str, *, conn_id: str | None = None) -> list[CatalogItem]:
-    return [CatalogItem(**json.loads(line)) for line in _path(uri, conn_id).read_text().splitlines() if line.strip()]
+    return [CatalogItem(**json.loads(line)) for line in _read_text(_path(uri, conn_id)).splitlines() if line.strip()]
 
 
 def rows_from_registry(

@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 from airflow_provider_aitryon import api
@@ -36,6 +37,7 @@ from airflow_provider_aitryon.catalog import (
     WAITING,
     CatalogItem,
     _path,
+    has_oss_inputs,
     image_uri,
     is_permanent,
     load_entries,
@@ -48,6 +50,7 @@ from airflow_provider_aitryon.engine.account import Transport
 from airflow_provider_aitryon.engine.limits import RateLimiter
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_account_wide, is_throttled
 from airflow_provider_aitryon.models import Outcome, SubmittedTask, TaskResult
+from airflow_provider_aitryon.oss.settings import OssSettings, aload_settings
 from airflow_provider_aitryon.registry import (
     INTENT_WINDOW_SECONDS,
     Submission,
@@ -57,6 +60,7 @@ from airflow_provider_aitryon.registry import (
 )
 from airflow_provider_aitryon.registry.lease import PartitionLease
 from airflow_provider_aitryon.retry import backoff_delay
+from airflow_provider_aitryon.sources import DEFAULT_EXPIRES, DEFAULT_OSS_CONN_ID, asendable
 from airflow_provider_aitryon.storage import save_image
 
 # Item phases: those `catalog.replay` reads from the registry (QUEUED, WAITING, DONE, FAILED) and
@@ -90,12 +94,16 @@ class ChunkJob:
     :param coarse_model: model of the coarse stage, for items without a coarse image.
     :param expected_latency: first guess of seconds a task runs, until the engine has seen one end.
     :param max_outstanding: tasks submitted but not ended, per account.
-    :param submit_rate, query_rate, max_running: the account's limits (DashScope: 10/s, 20/s, 5).
+    :param submit_rate: submits per second, the account's limit (DashScope: 10).
+    :param query_rate: task queries per second, the account's limit (DashScope: 20).
+    :param max_running: tasks the account runs at once (DashScope: 5).
     :param end_time: epoch seconds; then the run stops with a ``timeout`` event.
     :param progress_interval: seconds between progress lines.
     :param max_task_failures: tasks that end FAILED for a transient reason, per item, resubmitted.
     :param storage_conn_id: connection of the object store holding chunk, registry and output.
     :param lease_holder: the run that holds the partition's lease (``<dag_id>/<run_id>``).
+    :param oss_conn_id: the ``oss`` connection that signs ``oss://`` images (read once per run).
+    :param oss_url_expiry: seconds a signed image URL stays valid.
     """
 
     chunk_uri: str
@@ -112,10 +120,12 @@ class ChunkJob:
     max_task_failures: int = 2
     storage_conn_id: str | None = None
     lease_holder: str | None = None
+    oss_conn_id: str = DEFAULT_OSS_CONN_ID
+    oss_url_expiry: float = DEFAULT_EXPIRES.total_seconds()
 
     def __post_init__(self) -> None:
         # Templated operator arguments arrive as text; the scheduler counts in numbers.
-        for name in ("expected_latency", "submit_rate", "query_rate", "progress_interval"):
+        for name in ("expected_latency", "submit_rate", "query_rate", "progress_interval", "oss_url_expiry"):
             setattr(self, name, float(getattr(self, name)))
         for name in ("max_outstanding", "max_running", "max_task_failures"):
             setattr(self, name, int(getattr(self, name)))
@@ -171,6 +181,7 @@ class ChunkRun:
         self.lease_renewed = 0.0
         self.partition_read = False  # all the partition's recorded task ids remembered as claimed
         self.fatal: str | None = None
+        self.oss_settings: OssSettings | None = None  # read once, when an item has an oss:// image
         self.submits = 0
         self.queries = 0
         self.started = self.clock()
@@ -195,6 +206,10 @@ class ChunkRun:
             partition_registry, self.t.output, conn_id=self.t.storage_conn_id
         )
         entries = await asyncio.to_thread(load_entries, registry, items)
+        if has_oss_inputs(items):
+            # A missing or wrong OSS connection stops the run in one sentence before any submit,
+            # instead of failing every item for good.
+            self.oss_settings = await aload_settings(self.t.oss_conn_id)
         for item in items:
             self.items.append(self._restore(item, entries.get(item.sku, {})))
 
@@ -331,7 +346,11 @@ class ChunkRun:
                         sending = True
                         entry = self._new_generation(state, call)
                         await asyncio.to_thread(self.registry.put, key, entry)  # the intent, before sending
-                        submitted = await self.hook.asubmit(call, claimed=self.registry.claims, retry=False)
+                        # Signed only now (the fingerprint is the unsigned call's): a fresh URL each send.
+                        sent = await asendable(call, oss_conn_id=self.t.oss_conn_id,
+                                               expires=timedelta(seconds=self.t.oss_url_expiry),
+                                               settings=self.oss_settings)  # fmt: skip
+                        submitted = await self.hook.asubmit(sent.call, claimed=self.registry.claims, retry=False)
                         self.submits += 1
                         self.engine.submitted_total += 1
                 finally:
@@ -436,7 +455,8 @@ class ChunkRun:
         destination = image_uri(self.t.output, state.item.sku)
         try:
             saved = await asyncio.to_thread(
-                save_image, state.result_url or "", destination, conn_id=self.t.storage_conn_id, attempts=3
+                save_image, state.result_url or "", destination, conn_id=self.t.storage_conn_id, attempts=3,
+                report_lineage=False,  # the chunk's operator reports the images folder, per partition
             )
         except Exception as exc:  # the URL expired or storage refused: the paid image is not kept
             self._fail(state, "SaveFailed", str(exc), retryable=True)

@@ -27,11 +27,20 @@ HTTP surface (paths from ``airflow_provider_aitryon.api``):
 * ``GET /api/v1/tasks/{id}`` — query; ``POST /api/v1/tasks/{id}/cancel`` — cancel (PENDING only;
   400 ``UnsupportedOperation`` otherwise, 404 ``NotFound`` for unknown/expired ids);
   ``GET /api/v1/tasks?status=&model_name=&start_time=&end_time=&page_no=&page_size=`` — list;
+* ``GET /api/v1/uploads?action=getPolicy&model=`` — an upload policy for DashScope's temporary
+  storage; ``POST /_oss_upload`` — the OSS form upload it names; a submit with
+  ``X-DashScope-OssResourceResolve: enable`` reads ``oss://dashscope-instant/...`` inputs from it
+  (``temp_storage``);
 * ``GET /results/{id}.png`` — task output (404 until SUCCEEDED and after expiry);
-* ``GET /samples/{name}`` — files of ``samples_dir``, falling back to the built-in samples;
+* ``GET /samples/{name}`` — files directly inside ``samples_dir`` (a start-up option), falling
+  back to the built-in samples;
 * ``GET /health``;
-* control, no auth, no faults, not logged: ``GET /_emulator/stats``, ``GET /_emulator/tasks``,
-  ``GET /_emulator/requests``, ``GET|POST /_emulator/config``, ``POST /_emulator/reset``.
+* control, no faults, not logged: ``GET /_emulator/stats``, ``GET /_emulator/tasks``,
+  ``GET /_emulator/requests``, ``GET|POST /_emulator/config``, ``POST /_emulator/reset``. Each
+  needs the control token in ``X-Emulator-Token`` (``emu.control_headers``; the CLI prints it and
+  writes it next to ``--url-file``); POSTs must be JSON; requests from another origin's web page
+  are refused. The request log never holds an ``Authorization`` value (``api_key_fingerprint``
+  stands in: compare with ``emu.key_fingerprint(key)``).
 
 Deterministic faults for money audits (see ``config``): ``lost_reply_submits`` with
 ``lost_reply_kind`` (accept a submit, then lose its reply as a 504/502 page, an empty 200 or a

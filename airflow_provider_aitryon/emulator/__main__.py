@@ -8,6 +8,12 @@ SIGTERM, which shuts it down cleanly with exit status 0.
 The deterministic money-audit faults are settable here too (``--lost-reply-submits``,
 ``--lost-reply-kind``, ``--clock-skew-seconds``, ``--neighbor-submit-seconds``) and, at runtime, via
 ``POST /_emulator/config``.
+
+The control routes (``/_emulator/...``) need the control token in the ``X-Emulator-Token`` header.
+It is random per start (or ``$AITRYON_EMULATOR_CONTROL_TOKEN``), printed on the line after
+"listening", and written (mode 0600) to ``--token-file``, by default ``<url-file>.token`` next to
+``--url-file``; the token file is written before the URL file, so a script that sees the URL can
+read the token.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from airflow_provider_aitryon.emulator.samples import make_samples
 from airflow_provider_aitryon.emulator.server import Emulator
 
 API_KEY_ENV = "AITRYON_EMULATOR_API_KEY"
+CONTROL_TOKEN_ENV = "AITRYON_EMULATOR_CONTROL_TOKEN"
 
 
 def _rate(text: str) -> float | None:
@@ -119,12 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="render threads")
     p.add_argument("--allow-external-fetch", action="store_true", help="also fetch non-loopback image URLs")
     p.add_argument("--url-file", type=Path, help="write the base URL to this file once listening")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="write the control token (for the /_emulator/ routes' X-Emulator-Token header) to this file "
+        f"(default: <url-file>.token when --url-file is given); ${CONTROL_TOKEN_ENV} sets the token, else it is random",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-request log lines on stderr")
     return p
 
 
+def token_file_for(url_file: Path) -> Path:
+    """Where the control token goes by default: ``<url-file>.token``, next to the URL file."""
+    return url_file.with_name(url_file.name + ".token")
+
+
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp creates the file readable by its owner only (0600): fine for the URL, needed for the token.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
@@ -180,11 +199,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
-    emulator = Emulator(config).start()
+    emulator = Emulator(config, control_token=os.environ.get(CONTROL_TOKEN_ENV) or None).start()
     try:
+        token_file = args.token_file or (token_file_for(args.url_file) if args.url_file is not None else None)
+        if token_file is not None:
+            _write_atomically(token_file, emulator.control_token + "\n")
         if args.url_file is not None:
             _write_atomically(args.url_file, emulator.base_url + "\n")
         print(f"DashScope emulator listening on {emulator.base_url}", flush=True)
+        where = f" (also in {token_file})" if token_file is not None else ""
+        print(f"Control token for the /_emulator/ routes' X-Emulator-Token header{where}: {emulator.control_token}",
+              flush=True)  # fmt: skip
         while not stop.wait(0.5):
             pass
     finally:

@@ -86,6 +86,15 @@ class EmulatorConfig:
     report_times: bool = True
     # When set, result downloads answer this HTTP status (the storage in front of results is down).
     results_unavailable_status: int | None = None
+    # DashScope's temporary storage (local files for development, emulator/temp_storage.py): uploaded
+    # objects live this long (the vendor: 48 h); a policy is valid upload_policy_seconds and allows
+    # files up to upload_max_file_size_mb; getPolicy is limited per account and model (the vendor:
+    # 100 QPS; None or 0 disables). The policy's life and size are the emulator's choice: the vendor
+    # publishes neither for the try-on models.
+    upload_ttl_seconds: float = 48 * 3600.0
+    upload_policy_seconds: float = 300.0
+    upload_max_file_size_mb: int = 100
+    upload_policy_rate: float | None = 100.0
     seed: int = 0
     workers: int = 4
     fetch_timeout: float = 10.0
@@ -103,7 +112,7 @@ class EmulatorConfig:
         return float(self.latency_by_model.get(model, self.latency))
 
     def public_dict(self) -> dict[str, Any]:
-        """JSON-safe view; the API key is masked because control endpoints have no auth."""
+        """JSON-safe view; the API key is masked (the control routes show settings, never secrets)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name in PYTHON_ONLY:
@@ -145,7 +154,12 @@ def validate(cfg: EmulatorConfig) -> None:
     _number("slow_seconds", cfg.slow_seconds, low=0.0)
     _number("expiry_seconds", cfg.expiry_seconds, low=0.0)
     _number("fetch_timeout", cfg.fetch_timeout, low=0.0)
-    for name in ("submit_rate", "query_rate"):
+    _finite("upload_ttl_seconds", cfg.upload_ttl_seconds, low=0.0)
+    _finite("upload_policy_seconds", cfg.upload_policy_seconds, low=1.0)
+    size = cfg.upload_max_file_size_mb
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"upload_max_file_size_mb must be an integer >= 1, got {size!r}")
+    for name in ("submit_rate", "query_rate", "upload_policy_rate"):
         if getattr(cfg, name) is not None:
             _number(name, getattr(cfg, name), low=0.0)
     if isinstance(cfg.max_running, bool) or not isinstance(cfg.max_running, int) or cfg.max_running < 1:

@@ -85,7 +85,9 @@ def _url_field(inp: dict[str, Any], name: str, *, required: bool) -> str | None:
         return None
     if not isinstance(value, str):
         raise _bad(f"input.{name} must be a string URL, got {type(value).__name__}")
-    if not value.startswith(("http://", "https://")):
+    # oss:// is accepted here and judged when the task reads it (temp_storage.py): resolved from the
+    # temporary storage with X-DashScope-OssResourceResolve: enable, a FAILED task without it.
+    if not value.startswith(("http://", "https://", "oss://")):
         raise _bad(f"input.{name} is not a valid URL: it must start with http:// or https://", "InvalidURL")
     return value
 

@@ -33,6 +33,7 @@ SAMPLE_NAMES = (
     "dress.png",
     "blank_person.png",
     "coarse_mismatch.png",
+    "coarse.png",
 )
 
 
@@ -173,13 +174,28 @@ def draw_coarse_mismatch(size: tuple[int, int] = MISMATCH_SIZE) -> Image.Image:
     return draw_person(size)
 
 
-_DRAWERS: dict[str, Callable[[], Image.Image]] = {
+def draw_coarse() -> bytes:
+    """What the coarse try-on makes of ``person.png``, ``top.png`` and ``bottom.png``, ready to refine.
+
+    So the refiner-only DAG has a coarse image out of the box (resolution -1, restore_face on,
+    the settings the refiner accepts, recorded in the PNG as the emulator's results are).
+    """
+    from airflow_provider_aitryon.emulator.imaging import render_coarse  # imaging draws on this module
+
+    rendered = render_coarse(
+        draw_person(), draw_top(), draw_bottom(), resolution=-1, restore_face=True, model="aitryon"
+    )
+    return rendered.png  # as rendered: the PNG keeps the settings it was made with
+
+
+_DRAWERS: dict[str, Callable[[], Image.Image | bytes]] = {
     "person.png": draw_person,
     "top.png": draw_top,
     "bottom.png": draw_bottom,
     "dress.png": draw_dress,
     "blank_person.png": draw_blank_person,
     "coarse_mismatch.png": draw_coarse_mismatch,
+    "coarse.png": draw_coarse,
 }
 
 
@@ -192,7 +208,8 @@ def _png(img: Image.Image) -> bytes:
 @functools.lru_cache(maxsize=1)
 def sample_images() -> dict[str, bytes]:
     """Every sample as PNG bytes, generated once per process (the emulator serves these)."""
-    return {name: _png(_DRAWERS[name]()) for name in SAMPLE_NAMES}
+    drawn = {name: _DRAWERS[name]() for name in SAMPLE_NAMES}
+    return {name: image if isinstance(image, bytes) else _png(image) for name, image in drawn.items()}
 
 
 def make_samples(directory: str | Path) -> dict[str, Path]:

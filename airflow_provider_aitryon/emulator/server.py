@@ -6,9 +6,11 @@ another; ``ThreadingHTTPServer`` gives each connection its own daemon thread and
 beyond the standard library. HTTP/1.1 keep-alive is on, like the real gateway, so clients with
 connection pools are exercised realistically (including a pooled connection being dropped).
 
-Faults are applied only to the DashScope API routes, never to ``/samples``, ``/results``,
-``/health`` or the ``/_emulator`` control routes, so a test can inject chaos into the client
-under test while its own bookkeeping stays reliable.
+Faults are applied only to the DashScope API routes (the upload-policy call included), never to
+``/samples``, ``/results``, ``/health``, the temporary storage's OSS upload (``/_oss_upload``,
+authorised by the signed policy in its form, see ``temp_storage``) or the ``/_emulator`` control
+routes, so a test can inject chaos into the client under test while its own bookkeeping stays
+reliable.
 
 Lost replies (``lost_reply_submits``) are executed here once the service logic has accepted the
 submit and flagged its ``Reply``: ``504`` sends a Tengine-style HTML "504 Gateway Time-out" page,
@@ -21,16 +23,33 @@ Every response's ``Date`` header is the host's real time plus ``clock_skew_secon
 value), like a service whose clock is off, so clients that trust ``Date`` see the same skew as in
 the task times.
 
-The request log records every non-control request with its headers exactly as received (name
-case and order kept), because secrecy tests use it to prove where the API key does and does not
-travel. The one-line-per-request stderr log, by contrast, never prints headers.
+The request log records every non-control request with its headers as received (name case and
+order kept), except that the value of ``Authorization`` (and ``Proxy-Authorization``) is replaced by
+``[redacted]``: the log never holds a client's API key. Secrecy tests still see where the key
+travels: each entry's ``api_key_fingerprint`` is a short keyed hash of the bearer key (compare it
+with ``Emulator.key_fingerprint(key)``; the hash key is random per emulator, so the fingerprint
+cannot be reversed by guessing keys elsewhere). The one-line-per-request stderr log never prints
+headers.
+
+The control routes (``/_emulator/...``) change what the emulator does and show what clients sent,
+so they are guarded (see ``_Handler._guard``): every request must carry the emulator's control
+token in ``X-Emulator-Token`` (generated at start-up: ``Emulator.control_token``, printed by the
+CLI), a request from a browser page of another origin (an ``Origin`` header other than the
+emulator's own) is refused, and a control ``POST`` must be ``Content-Type: application/json``, which
+a cross-site form or ``fetch`` cannot send without a CORS preflight this server never grants. What
+the emulator reads from disk (``samples_dir``) and whether it fetches beyond loopback
+(``allow_external_fetch``) are start-up settings: ``POST /_emulator/config`` refuses them.
+``/samples/<name>`` serves only regular files directly inside ``samples_dir`` (no path separators
+after percent-decoding, no dot files, no symlink leading out of the folder).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import mimetypes
+import secrets
 import socket
 import sys
 import threading
@@ -45,8 +64,23 @@ from airflow_provider_aitryon.emulator.config import EmulatorConfig
 from airflow_provider_aitryon.emulator.protocol import MSG_INTERNAL, MSG_MODEL_UNAVAILABLE, MSG_THROTTLING
 from airflow_provider_aitryon.emulator.samples import sample_images
 from airflow_provider_aitryon.emulator.state import EmulatorState, FaultPlan, Reply
+from airflow_provider_aitryon.emulator.temp_storage import FORM_OVERHEAD, OSS_RESOLVE_HEADER, UPLOAD_ROUTE
+from airflow_provider_aitryon.uploads import UPLOADS_PATH
 
 CONTROL_PREFIX = "/_emulator/"
+# The header that carries the control token on every /_emulator/ request.
+CONTROL_TOKEN_HEADER = "X-Emulator-Token"
+# Settings POST /_emulator/config refuses: what the emulator reads from disk or the network is
+# decided when it starts (Python callers may still pass them to Emulator.update).
+HTTP_REFUSED_SETTINGS = {
+    "clock": "clock cannot be set over HTTP",
+    "samples_dir": "samples_dir is a start-up option (--samples) and cannot be changed over HTTP",
+    "allow_external_fetch": "allow_external_fetch is a start-up option (--allow-external-fetch) and cannot be "
+    "changed over HTTP",
+}
+# Request headers whose values the request log never keeps.
+REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization"})
+REDACTED = "[redacted]"
 _PROXY_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>Tengine</center>\r\n</body>\r\n</html>\r\n"
@@ -65,8 +99,10 @@ class _Server(ThreadingHTTPServer):
     # turn a burst into connection resets that the real service would not produce.
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], state: EmulatorState) -> None:
+    def __init__(self, address: tuple[str, int], state: EmulatorState, control_token: str) -> None:
         self.state = state
+        self.control_token = control_token
+        self.own_origins: frozenset[str] = frozenset()  # set once the port is known
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -181,24 +217,32 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        parts = urllib.parse.urlsplit(self.path)
+        path = parts.path
+        if path == UPLOAD_ROUTE and self._upload_too_large():
+            return
         try:
             body = self._read_body()
         except (ValueError, OSError):
             self._send_json(400, {"code": "InvalidParameter", "message": "unreadable request body"})
             self.close_connection = True
             return
-        parts = urllib.parse.urlsplit(self.path)
-        path = parts.path
         if path.startswith(CONTROL_PREFIX):
-            self._control(path[len(CONTROL_PREFIX) :].strip("/"), body)
+            if self._guard():
+                self._control(path[len(CONTROL_PREFIX) :].strip("/"), body)
             return
+        raw_headers = [[k, REDACTED if k.lower() in REDACTED_HEADERS else v] for k, v in self.headers.items()]
         entry = self.server.state.record_request(
             {
                 "method": self.command,
                 "path": self.path,
-                "headers": dict(self.headers.items()),
-                "raw_headers": [[k, v] for k, v in self.headers.items()],
-                "body": body.decode("utf-8", errors="replace"),
+                "headers": dict(raw_headers),
+                "raw_headers": raw_headers,
+                "api_key_fingerprint": self._key_fingerprint(),
+                # An upload's form holds the file and the policy's signature: the log keeps its size only.
+                "body": f"[form upload, {len(body)} bytes]"
+                if path == UPLOAD_ROUTE
+                else body.decode("utf-8", "replace"),
                 "status": None,
                 "fault": None,
             }
@@ -226,6 +270,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return 404
             self._send(200, png, "image/png")
             return 200
+        if path == UPLOAD_ROUTE:
+            # OSS PostObject: authorised by the signed policy in the form, never by an API key.
+            if method != "POST":
+                return self._not_allowed()
+            status, xml = state.handle_upload(self.headers.get("Content-Type"), body)
+            self._send(status, xml, "application/xml" if xml else "text/plain")
+            return status
 
         auth = self.headers.get("Authorization")
         tasks_prefix = TASKS_PATH + "/"
@@ -233,7 +284,17 @@ class _Handler(BaseHTTPRequestHandler):
             if method != "POST":
                 return self._not_allowed()
             return self._api(
-                "submit", entry, lambda: state.handle_submit(auth, self.headers.get("X-DashScope-Async"), body)
+                "submit",
+                entry,
+                lambda: state.handle_submit(
+                    auth, self.headers.get("X-DashScope-Async"), body, self.headers.get(OSS_RESOLVE_HEADER)
+                ),
+            )
+        if path.rstrip("/") == UPLOADS_PATH:
+            if method != "GET":
+                return self._not_allowed()
+            return self._api(
+                "upload_policy", entry, lambda: state.handle_upload_policy(auth, urllib.parse.parse_qs(query))
             )
         if path.rstrip("/") == TASKS_PATH:
             if method != "GET":
@@ -252,6 +313,31 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._api("query", entry, lambda: state.handle_query(auth, rest))
         self._send_json(404, {"request_id": "", "code": "NotFound", "message": f"No route for {method} {path}"})
         return 404
+
+    def _upload_too_large(self) -> bool:
+        """Refuse an upload whose declared body is over the policy's limit before reading it (as OSS does)."""
+        try:
+            declared = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            declared = 0
+        limit = self.server.state.config.upload_max_file_size_mb * 1024 * 1024 + FORM_OVERHEAD
+        if declared <= limit:
+            return False
+        self.server.state.handle_upload_too_large()
+        body = (
+            b'<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n  <Code>EntityTooLarge</Code>\n'
+            b"  <Message>Your proposed upload exceeds the maximum allowed size.</Message>\n</Error>\n"
+        )
+        # Read and drop a moderately large body, never keeping it: a client still sending when the
+        # connection closes would see a reset instead of this answer. Past that, just close.
+        left = declared if declared <= 16 * limit else 0
+        with contextlib.suppress(OSError):
+            while left > 0 and (chunk := self.rfile.read(min(left, 64 * 1024))):
+                left -= len(chunk)
+        self.close_connection = True  # whatever is unread must not be taken for the next request
+        self._send(400, body, "application/xml")
+        self._log_line(400)
+        return True
 
     def _not_allowed(self) -> int:
         self._send_json(405, {"request_id": "", "code": "MethodNotAllowed", "message": f"{self.command} not allowed"})
@@ -317,15 +403,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._drop()
         return "dropped"
 
-    def _serve_sample(self, name: str) -> int:
+    def _key_fingerprint(self) -> str | None:
+        """The request log's stand-in for the bearer key (``None``: no key sent)."""
+        _, _, key = (self.headers.get("Authorization") or "").strip().partition(" ")
+        return self.server.state.key_fingerprint(key.strip()) if key.strip() else None
+
+    def _serve_sample(self, quoted: str) -> int:
         cfg = self.server.state.config
         data: bytes | None = None
-        safe = name and "/" not in name and "\\" not in name and not name.startswith(".")
+        name = urllib.parse.unquote(quoted)
+        safe = bool(name) and not any(ch in name for ch in "/\\\0") and not name.startswith(".")
         if safe and cfg.samples_dir is not None:
-            root = Path(cfg.samples_dir)
-            candidate = root / name
-            if candidate.is_file() and candidate.resolve().parent == root.resolve():
-                data = candidate.read_bytes()
+            root = Path(cfg.samples_dir).resolve()
+            # Read the resolved file, and only if it is directly inside the folder: a symlink that
+            # leads out of it (or a swapped one) is not followed out.
+            with contextlib.suppress(OSError, RuntimeError):  # a name too long, a symlink loop
+                target = (root / name).resolve()
+                if target.parent == root and target.is_file():
+                    data = target.read_bytes()
         if safe and data is None:
             # The built-in samples are always available, also next to a --samples directory.
             data = sample_images().get(name)
@@ -336,6 +431,27 @@ class _Handler(BaseHTTPRequestHandler):
         return 200
 
     # ------------------------------------------------------------------ control
+
+    def _guard(self) -> bool:
+        """Admit a control request, or answer it with a refusal (False): the checks of the module doc."""
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.rstrip("/") not in self.server.own_origins:
+            self._send_json(403, {"error": "control requests from web pages of another origin are refused"})
+            return False
+        token = self.headers.get(CONTROL_TOKEN_HEADER)
+        if not token:
+            self._send_json(401, {"error": f"control requests need the emulator's control token in the "
+                                           f"{CONTROL_TOKEN_HEADER} header (printed when it starts)"})  # fmt: skip
+            return False
+        if not hmac.compare_digest(token.encode(), self.server.control_token.encode()):
+            self._send_json(403, {"error": f"the {CONTROL_TOKEN_HEADER} header does not match this emulator's "
+                                           "control token"})  # fmt: skip
+            return False
+        content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if self.command == "POST" and content_type != "application/json":
+            self._send_json(415, {"error": "control POSTs must be sent as Content-Type: application/json"})
+            return False
+        return True
 
     def _control(self, name: str, body: bytes) -> None:
         state = self.server.state
@@ -353,9 +469,9 @@ class _Handler(BaseHTTPRequestHandler):
                 updates = json.loads(body.decode("utf-8") or "{}")
                 if not isinstance(updates, dict):
                     raise ValueError("the body must be a JSON object of settings")
-                for key in ("clock",):
+                for key, refusal in HTTP_REFUSED_SETTINGS.items():
                     if key in updates:
-                        raise ValueError(f"{key} cannot be set over HTTP")
+                        raise ValueError(refusal)
                 new = state.update(updates, started=True)
             except (ValueError, TypeError) as exc:
                 self._send_json(400, {"error": str(exc)})
@@ -374,10 +490,16 @@ class Emulator:
     ``Emulator(EmulatorConfig(port=0))`` picks a free port; ``start()`` binds and serves;
     ``base_url`` is then e.g. ``http://127.0.0.1:54321``. Usable as a context manager.
     Keyword overrides are applied on top of ``config``: ``Emulator(latency=0.1)``.
+
+    ``control_token`` is the secret the ``/_emulator/`` routes require in ``X-Emulator-Token``
+    (``control_headers`` has it); random unless given. The in-process helpers (``update``,
+    ``stats``, ``requests``...) need no token.
     """
 
-    def __init__(self, config: EmulatorConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: EmulatorConfig | None = None, *, control_token: str | None = None,
+                 **overrides: Any) -> None:  # fmt: skip
         cfg = config if config is not None else EmulatorConfig()
+        self.control_token = control_token or secrets.token_urlsafe(32)
         self.state = EmulatorState(cfg)
         if overrides:
             self.state.update(overrides, started=False)
@@ -406,13 +528,26 @@ class Emulator:
     def sample_url(self, name: str) -> str:
         return f"{self.base_url}/samples/{name}"
 
+    @property
+    def control_headers(self) -> dict[str, str]:
+        """Headers for calling the ``/_emulator/`` routes over HTTP: the control token."""
+        return {CONTROL_TOKEN_HEADER: self.control_token}
+
+    def key_fingerprint(self, api_key: str) -> str:
+        """What this emulator's request log shows (``api_key_fingerprint``) for requests with ``api_key``."""
+        return self.state.key_fingerprint(api_key)
+
     def start(self) -> Emulator:
         if self._server is not None:
             return self
         cfg = self.config
-        server = _Server((cfg.host, cfg.port), self.state)
+        server = _Server((cfg.host, cfg.port), self.state, self.control_token)
         self._server = server
         self.state.base_url = self.base_url
+        port = self.port
+        server.own_origins = frozenset(
+            {self.base_url, f"http://localhost:{port}", f"http://127.0.0.1:{port}", f"http://[::1]:{port}"}
+        )
         self.state.start_workers()
         # Draw the built-in samples now rather than inside the first task's fetch.
         threading.Thread(target=sample_images, name="aitryon-emulator-samples", daemon=True).start()

@@ -57,10 +57,12 @@ import collections
 import dataclasses
 import datetime as dt
 import hashlib
+import hmac
 import json
 import math
 import queue
 import random
+import secrets
 import threading
 import urllib.error
 import urllib.parse
@@ -81,15 +83,23 @@ from airflow_provider_aitryon.emulator.imaging import (
     run_task,
 )
 from airflow_provider_aitryon.emulator.protocol import (
+    MODELS,
     MSG_CANCEL_NOT_PENDING,
     MSG_INVALID_API_KEY,
     MSG_INVALID_PARAMETER,
+    MSG_MODEL_NOT_FOUND,
     MSG_RATE_QUOTA,
     MSG_SYNC_NOT_SUPPORTED,
     MSG_TASK_NOT_FOUND,
     ApiError,
     SubmitRequest,
     validate_submit,
+)
+from airflow_provider_aitryon.emulator.temp_storage import (
+    UPLOAD_ROUTE,
+    TemporaryStorage,
+    Unresolvable,
+    UploadRefused,
 )
 from airflow_provider_aitryon.image_rules import MAX_BYTES
 
@@ -176,6 +186,8 @@ class Task:
     # "client" for tasks the client under test submitted, "neighbor" for the injected other submitter.
     submitter: str = SUBMITTER_CLIENT
     request_digest: str = ""
+    # The submit carried X-DashScope-OssResourceResolve: enable, so its oss:// inputs are resolved.
+    oss_resolve: bool = False
 
 
 @dataclass
@@ -220,13 +232,21 @@ def _fresh_counters() -> dict[str, Any]:
         "cancel_requests": 0,
         "cancels_accepted": 0,
         "throttled_429": 0,
-        "throttled_by_endpoint": {"submit": 0, "query": 0},
+        "throttled_by_endpoint": {"submit": 0, "query": 0, "upload_policy": 0},
         "faults": {**{kind: 0 for kind in FAULT_KINDS}, "lost_submit_responses": 0},
         "results_served": 0,
         "results_missing": 0,
         "fetches": 0,
         "fetch_errors": 0,
         "neighbor_tasks": 0,
+        # DashScope's temporary storage (temp_storage.py): getPolicy calls on arrival, uploads
+        # stored or refused (by OSS error code), oss:// inputs read from it or refused.
+        "upload_policy_requests": 0,
+        "uploads": 0,
+        "uploads_rejected": 0,
+        "upload_rejections_by_code": {},
+        "oss_inputs_resolved": 0,
+        "oss_inputs_refused": 0,
     }
 
 
@@ -246,12 +266,15 @@ class EmulatorState:
         self._generation = 0
         self._counters = _fresh_counters()
         self._request_log: collections.deque[dict[str, Any]] = collections.deque(maxlen=config.request_log_size)
+        self._fingerprint_key = secrets.token_bytes(16)
         self._request_seq = 0
         self._jobs: queue.Queue[tuple[int, str] | None] = queue.Queue()
         self._busy = 0
         self._idle = threading.Condition(self._lock)
         self._workers: list[threading.Thread] = []
         self._render_cache = RenderCache()
+        self._temp_storage = TemporaryStorage(clock=self.now, wall=self.wall_time)
+        self._policy_windows: dict[tuple[str, str], collections.deque[float]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -292,6 +315,8 @@ class EmulatorState:
             self._counters = _fresh_counters()
             self._request_log.clear()
             self._rng = random.Random(self.config.seed)
+            self._temp_storage.clear()
+            self._policy_windows.clear()
 
     # ------------------------------------------------------------------ time
 
@@ -392,6 +417,7 @@ class EmulatorState:
             model, urls, params = task.model, dict(task.input), dict(task.parameters)
             canceled = task.status == "CANCELED"
             marker = task.submitter == SUBMITTER_NEIGHBOR
+            oss_scope = (task.oss_resolve, task.account, task.model)
         if canceled:  # nobody will ever see this output
             with self._lock:
                 task.ready_at = self.now()
@@ -399,7 +425,9 @@ class EmulatorState:
         rendered: Rendered | None = None
         failure: TaskFailure | None = None
         try:
-            rendered = run_task(model, urls, params, self._fetch, self._render_cache, marker=marker)
+            rendered = run_task(
+                model, urls, params, lambda url: self._fetch(url, oss_scope), self._render_cache, marker=marker
+            )
         except TaskFailure as exc:
             failure = exc
         except Exception as exc:  # a render bug must fail the task, not kill the worker
@@ -411,7 +439,11 @@ class EmulatorState:
             task.ready_at = self.now()
             self._advance(self._account(task.account), task.ready_at)
 
-    def _fetch(self, url: str) -> bytes:
+    def _fetch(self, url: str, oss_scope: tuple[bool, str, str] | None = None) -> bytes:
+        """An input's bytes: ``oss://`` from the temporary storage (``oss_scope`` = the task's
+        (resolve header, account, model)), anything else over HTTP."""
+        if url.startswith("oss://"):
+            return self._read_uploaded(url, oss_scope or (False, "", ""))
         with self._lock:
             self._counters["fetches"] += 1
             allow_external = self.config.allow_external_fetch
@@ -436,6 +468,23 @@ class EmulatorState:
             with self._lock:
                 self._counters["fetch_errors"] += 1
             raise
+        return data
+
+    def _read_uploaded(self, url: str, oss_scope: tuple[bool, str, str]) -> bytes:
+        resolve, account, model = oss_scope
+        with self._lock:
+            try:
+                if not resolve:
+                    raise Unresolvable(
+                        f"{url} is an oss:// URL but the submit did not send X-DashScope-OssResourceResolve: enable"
+                    )
+                data = self._temp_storage.resolve(url, account, model, ttl=self.config.upload_ttl_seconds)
+            except Unresolvable as exc:
+                self._counters["oss_inputs_refused"] += 1
+                raise FetchError(str(exc)) from None
+            self._counters["oss_inputs_resolved"] += 1
+        if len(data) > FETCH_CAP:
+            raise FetchTooLarge(f"{url} is over {FETCH_CAP} bytes")
         return data
 
     # ------------------------------------------------------------------ faults
@@ -482,6 +531,7 @@ class EmulatorState:
                 "query": "queries",
                 "list": "list_requests",
                 "cancel": "cancel_requests",
+                "upload_policy": "upload_policy_requests",
             }
             if kind in counter:
                 self._counters[counter[kind]] += 1
@@ -511,7 +561,12 @@ class EmulatorState:
         headers = {"Retry-After": "1"} if err.status == 429 and err.code == "Throttling.RateQuota" else {}
         return Reply(err.status, _error_body(err.code, err.message), headers)
 
-    def handle_submit(self, authorization: str | None, async_header: str | None, raw_body: bytes) -> Reply:
+    def handle_submit(
+        self, authorization: str | None, async_header: str | None, raw_body: bytes, oss_resolve: str | None = None
+    ) -> Reply:
+        """``POST`` submit; ``oss_resolve`` is the X-DashScope-OssResourceResolve header (``enable``: the
+        task reads ``oss://`` inputs from the temporary storage)."""
+        resolve = (oss_resolve or "").strip().lower() == "enable"
         with self._lock:
             now = self.now()
             try:
@@ -549,14 +604,24 @@ class EmulatorState:
                 neighbor_delay = self.config.neighbor_submit_seconds
                 if neighbor_delay is not None:
                     # Created first so it queues ahead of ours, as its earlier submit would have.
-                    self._create_task(acct, account, req, digest, now - neighbor_delay, now, SUBMITTER_NEIGHBOR)
+                    self._create_task(
+                        acct, account, req, digest, now - neighbor_delay, now, SUBMITTER_NEIGHBOR, resolve
+                    )
                     self._counters["neighbor_tasks"] += 1
-            task = self._create_task(acct, account, req, digest, now, now, SUBMITTER_CLIENT)
+            task = self._create_task(acct, account, req, digest, now, now, SUBMITTER_CLIENT, resolve)
             body_out = {"output": {"task_id": task.task_id, "task_status": "PENDING"}, "request_id": task.request_id}
             return Reply(200, body_out, accepted_task=task.task_id, lost_reply=lost_reply)
 
     def _create_task(
-        self, acct: Account, account: str, req: SubmitRequest, digest: str, submitted: float, now: float, submitter: str
+        self,
+        acct: Account,
+        account: str,
+        req: SubmitRequest,
+        digest: str,
+        submitted: float,
+        now: float,
+        submitter: str,
+        oss_resolve: bool = False,
     ) -> Task:
         """Create, count and queue one accepted task and hand its render to the workers (lock held)."""
         self._seq += 1
@@ -572,6 +637,7 @@ class EmulatorState:
             request_id=_new_id(),
             submitter=submitter,
             request_digest=digest,
+            oss_resolve=oss_resolve,
         )
         self._tasks[task.task_id] = task
         acct.queue.append(task)
@@ -582,6 +648,60 @@ class EmulatorState:
         self._busy += 1
         self._jobs.put((self._generation, task.task_id))
         return task
+
+    # ------------------------------------------------------------------ temporary storage
+
+    def handle_upload_policy(self, authorization: str | None, query: dict[str, list[str]]) -> Reply:
+        """``GET /api/v1/uploads?action=getPolicy&model=...``: a fresh upload policy (see temp_storage)."""
+        with self._lock:
+            now = self.now()
+            try:
+                account = self._authenticate(authorization)
+                if query.get("action", [""])[0] != "getPolicy":
+                    raise ApiError(400, "InvalidParameter", f"{MSG_INVALID_PARAMETER} (action must be getPolicy)")
+                model = query.get("model", [""])[0]
+                if not model:
+                    raise ApiError(400, "InvalidParameter", "Field required: model")
+                if model not in MODELS:
+                    raise ApiError(404, "ModelNotFound", MSG_MODEL_NOT_FOUND)
+                window = self._policy_windows.setdefault((account, model), collections.deque())
+                self._check_rate(window, self.config.upload_policy_rate, now, "upload_policy")
+            except ApiError as err:
+                return self._error_reply(err)
+            data = self._temp_storage.issue_policy(
+                account,
+                model,
+                upload_host=self.base_url + UPLOAD_ROUTE,
+                policy_seconds=self.config.upload_policy_seconds,
+                max_file_size_mb=self.config.upload_max_file_size_mb,
+            )
+            return Reply(200, {"request_id": _new_id(), "data": data})
+
+    def handle_upload(self, content_type: str | None, body: bytes) -> tuple[int, bytes]:
+        """``POST`` of an OSS PostObject form to the upload route: (HTTP status, XML error body or b"")."""
+        with self._lock:
+            try:
+                status, _key = self._temp_storage.accept(content_type, body, ttl=self.config.upload_ttl_seconds)
+            except UploadRefused as refused:
+                self._counters["uploads_rejected"] += 1
+                by_code = self._counters["upload_rejections_by_code"]
+                by_code[refused.code] = by_code.get(refused.code, 0) + 1
+                return refused.status, refused.xml(_new_id())
+            self._counters["uploads"] += 1
+            return status, b""
+
+    def handle_upload_too_large(self) -> None:
+        """Count an upload refused from its Content-Length alone (the HTTP layer answered it)."""
+        with self._lock:
+            self._counters["uploads_rejected"] += 1
+            by_code = self._counters["upload_rejections_by_code"]
+            by_code["EntityTooLarge"] = by_code.get("EntityTooLarge", 0) + 1
+
+    def uploaded_object(self, url: str) -> bytes | None:
+        """The bytes stored for an ``oss://`` URL of the temporary storage, if any (tests compare them)."""
+        with self._lock:
+            obj = self._temp_storage.objects.get(url.removeprefix("oss://"))
+            return obj.data if obj is not None else None
 
     def _task_output(self, task: Task) -> dict[str, Any]:
         out: dict[str, Any] = {"task_id": task.task_id, "task_status": task.status}
@@ -725,6 +845,14 @@ class EmulatorState:
             self._request_log.append(entry)
             return entry
 
+    def key_fingerprint(self, api_key: str) -> str:
+        """A short keyed hash of an API key: the request log's stand-in for the key itself.
+
+        Keyed with a secret of this emulator instance, so a fingerprint read from the log cannot be
+        matched against guessed keys without that secret.
+        """
+        return hmac.new(self._fingerprint_key, api_key.encode(), hashlib.sha256).hexdigest()[:16]
+
     def request_log(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(e) for e in self._request_log]
@@ -749,6 +877,10 @@ class EmulatorState:
         ``tasks_per_request()``) and ``neighbor_tasks`` (tasks created by the injected other
         submitter of ``neighbor_submit_seconds``; they are also in ``submits_accepted``).
         ``lost_submit_responses`` includes the replies lost by ``lost_reply_submits``.
+        Temporary storage: ``upload_policy_requests`` (getPolicy calls, on arrival), ``uploads``
+        (files stored), ``uploads_rejected`` with ``upload_rejections_by_code`` (OSS codes),
+        ``uploaded_objects`` (held now), ``oss_inputs_resolved`` / ``oss_inputs_refused`` (oss://
+        inputs read from it, or failing their task).
         """
         with self._lock:
             now = self.now()
@@ -762,6 +894,8 @@ class EmulatorState:
                 "submits_by_model": dict(c["submits_by_model"]),
                 "rejections_by_code": dict(c["rejections_by_code"]),
                 "throttled_by_endpoint": dict(c["throttled_by_endpoint"]),
+                "upload_rejections_by_code": dict(c["upload_rejections_by_code"]),
+                "uploaded_objects": len(self._temp_storage.objects),
                 "faults": dict(c["faults"]),
                 "tasks_total": len(self._tasks),
                 "tasks_by_status": by_status,

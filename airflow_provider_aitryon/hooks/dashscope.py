@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import Container, Iterator
 from typing import Any
@@ -18,12 +19,15 @@ import httpx
 from airflow.sdk import BaseHook
 from tenacity import AsyncRetrying, stop_after_attempt
 
-from airflow_provider_aitryon import api
+from airflow_provider_aitryon import api, compat, uploads
 from airflow_provider_aitryon.connection import (
     CONN_TYPE,
     DEFAULT_CONN_ID,
-    EXTRA_FIELDS,
+    EXTRA_BOOL_FIELDS,
+    EXTRA_DESCRIPTIONS,
+    UI_FIELD_BEHAVIOUR,
     ConnectionSettings,
+    env_connection_problem,
 )
 from airflow_provider_aitryon.engine.limits import AccountLimits, shared_limiter
 from airflow_provider_aitryon.errors import DashScopeAPIError, DashScopeConfigError, is_throttled
@@ -42,6 +46,7 @@ from airflow_provider_aitryon.models import SubmittedTask, TaskResult, TaskStatu
 from airflow_provider_aitryon.registry.claims import CLAIMS
 from airflow_provider_aitryon.retry import retry_policy
 from airflow_provider_aitryon.service_clock import ServiceClock, service_clock
+from airflow_provider_aitryon.sources import require_sendable
 
 # A lost submit is looked for twice, a grace period apart, before it is taken as never arrived.
 _LOOKS = 2
@@ -223,6 +228,7 @@ class DashScopeHook(BaseHook):
 
         :param claimed: task ids never to adopt; default: the deployment's claim index.
         """
+        require_sendable(call)
         _ = self.settings
         return run_sync(self.asubmit(call, claimed=claimed))
 
@@ -235,6 +241,7 @@ class DashScopeHook(BaseHook):
         limiter (`engine.limits`): many workers of one process share the account's 10 submits/s
         and halve their pace on a 429. Callers with retry=False pace themselves (the catalog's engine).
         """
+        require_sendable(call)
         settings = await self.asettings()
         policy = retry_policy(settings, self.log)
         if not retry:
@@ -375,6 +382,22 @@ class DashScopeHook(BaseHook):
         await self.arun(api.cancel_call(task_id))
         self.log.info("Canceled DashScope task %s.", task_id)
 
+    def upload_local_image(self, field: str, path: str, model: str) -> str:
+        """Upload a local image to DashScope's temporary storage (development only); its ``oss://`` URL.
+
+        The account and endpoint are this connection's; the URL serves only ``model`` and is deleted
+        after 48 hours. Submit it with `uploads.OSS_RESOURCE_RESOLVE_HEADER`. (`sources.Uploader`.)
+
+        :param field: the argument's name, for error sentences.
+        :param path: an absolute path or a ``file://`` URI.
+        :param model: the model of the submit that will use the file.
+        """
+        settings = self.settings
+        bounds = Bounds(connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
+                        deadline=settings.request_deadline, max_bytes=uploads.DEFAULT_BOUNDS.max_bytes)  # fmt: skip
+        return uploads.upload_local_image(path, model=model, base_url=settings.base_url, api_key=settings.api_key,
+                                          workspace=settings.workspace, bounds=bounds, field=field)  # fmt: skip
+
     def test_connection(self) -> tuple[bool, str]:
         """Query a task id that cannot exist: a 200 proves the base URL and the API key."""
         try:
@@ -387,33 +410,33 @@ class DashScopeHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "login", "port"],
-            "relabeling": {"password": "API key", "host": "Base URL"},
-            "placeholders": {
-                "host": f"{api.DEFAULT_BASE_URL} (empty) or http://127.0.0.1:8089 for the emulator",
-                "password": "sk-…",
-                "extra": '{"workspace": "ws-…", "read_timeout": 30, "max_attempts": 6}',
-            },
-        }
+        """The connection form's labels and hints: the same table the provider metadata declares."""
+        return copy.deepcopy(UI_FIELD_BEHAVIOUR)
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields for UIs built on Flask-AppBuilder; Airflow 3.2+ forms read ``conn-fields`` instead."""
         try:
             from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
             from flask_babel import lazy_gettext
-            from wtforms import StringField
-        except ImportError:  # Airflow 3 UIs read conn-fields from get_provider_info instead
+            from wtforms import BooleanField, StringField
+        except ImportError:
             return {}
-        widgets: dict[str, Any] = {"workspace": StringField(lazy_gettext("Workspace"), widget=BS3TextFieldWidget())}
-        for name in EXTRA_FIELDS:
-            widgets[name] = StringField(lazy_gettext(name.replace("_", " ").capitalize()), widget=BS3TextFieldWidget())
+        widgets: dict[str, Any] = {}
+        for name, description in EXTRA_DESCRIPTIONS.items():
+            label = lazy_gettext(name.replace("_", " ").capitalize())
+            if name in EXTRA_BOOL_FIELDS:
+                widgets[name] = BooleanField(label, description=description, default=EXTRA_BOOL_FIELDS[name])
+            else:
+                widgets[name] = StringField(label, description=description, widget=BS3TextFieldWidget())
         return widgets
 
 
 def _missing_connection(conn_id: str, exc: Exception) -> Exception:
     """A connection Airflow cannot find is a setup problem: say which and how to fix it."""
     if "isn't defined" in str(exc) or type(exc).__name__ in ("AirflowNotFoundException", "AirflowRuntimeError"):
+        if compat.UNREADABLE_CONNECTION_IS_NOT_FOUND and (problem := env_connection_problem(conn_id)):
+            return problem
         return DashScopeConfigError(
             f"Connection {conn_id!r} is not defined; create a connection of type dashscope with that id "
             f"(or set AIRFLOW_CONN_{conn_id.upper()}), or pass dashscope_conn_id of one that exists."

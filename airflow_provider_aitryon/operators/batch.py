@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_aitryon import api
+from airflow_provider_aitryon import api, lineage
 from airflow_provider_aitryon.catalog import parts_dir, read_chunk, rows_from_registry, write_rows
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.failures import AirflowException, AirflowFailException
 from airflow_provider_aitryon.registry import partition_registry
+from airflow_provider_aitryon.sources import DEFAULT_EXPIRES, DEFAULT_OSS_CONN_ID
 from airflow_provider_aitryon.triggers.catalog import CatalogChunkTrigger as DashScopeBatchTrigger
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 
@@ -32,14 +34,22 @@ class RefineCatalogChunkOperator(BaseOperator):
     :param output_dir: the backfill's output directory or URI (templated).
     :param dashscope_conn_id: connection; all chunks of one connection in a triggerer share its
         rate budget.
-    :param coarse_model: model for items without ``coarse_image_url``.
+    :param coarse_model: model for items without ``coarse_image_url`` (templated).
     :param expected_latency: first guess of a task's run time in seconds (then learned).
     :param max_outstanding: tasks submitted and not ended, per account and triggerer.
-    :param submit_rate, query_rate, max_running: the account's limits (10/s, 20/s and 5 by default).
+    :param submit_rate: submits per second, the account's limit (10 by default).
+    :param query_rate: task queries per second, the account's limit (20 by default).
+    :param max_running: tasks the account runs at once (5 by default).
     :param chunk_timeout: seconds the trigger may take before the task fails (and retries, resuming).
+    :param progress_interval: seconds between two progress lines in the triggerer's log.
+    :param storage_conn_id: Airflow connection of the object store that holds the chunk and the
+        output, e.g. ``aws_default``; None for local paths or the scheme's default connection.
+    :param oss_conn_id: the Alibaba Cloud ``oss`` connection that signs ``oss://`` images of the
+        catalog (needs the ``oss`` extra); read once per chunk, only when an item has one.
+    :param oss_url_expiry: seconds a signed image URL stays valid (default 6 hours).
     """
 
-    template_fields: Sequence[str] = ("chunk", "output_dir", "dashscope_conn_id", "expected_latency")
+    template_fields: Sequence[str] = ("chunk", "output_dir", "dashscope_conn_id", "coarse_model", "expected_latency")
     ui_color = "#ede7f6"
 
     def __init__(
@@ -57,6 +67,8 @@ class RefineCatalogChunkOperator(BaseOperator):
         chunk_timeout: float = 6 * 60 * 60,
         progress_interval: float = 30.0,
         storage_conn_id: str | None = None,
+        oss_conn_id: str = DEFAULT_OSS_CONN_ID,
+        oss_url_expiry: float = DEFAULT_EXPIRES.total_seconds(),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,6 +84,8 @@ class RefineCatalogChunkOperator(BaseOperator):
         self.chunk_timeout = chunk_timeout
         self.progress_interval = progress_interval
         self.storage_conn_id = storage_conn_id
+        self.oss_conn_id = oss_conn_id
+        self.oss_url_expiry = oss_url_expiry
 
     @property
     def chunk_key(self) -> str:
@@ -95,6 +109,8 @@ class RefineCatalogChunkOperator(BaseOperator):
             progress_interval=self.progress_interval,
             storage_conn_id=self.storage_conn_id,
             lease_holder=lease_holder,
+            oss_conn_id=self.oss_conn_id,
+            oss_url_expiry=self.oss_url_expiry,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +126,7 @@ class RefineCatalogChunkOperator(BaseOperator):
             "undone": len(undone),
             **{k: v for k, v in (event.get("counts") or {}).items() if k in ("submits", "queries")},
         }
+        self._lineage_counts = counts  # for get_openlineage_facets_on_complete
         self.log.info("Chunk %s: %s", self.chunk_key, counts)
         if event.get("status") == "error":
             raise AirflowFailException(f"Chunk {self.chunk_key} stopped: {event.get('message')}")
@@ -120,6 +137,16 @@ class RefineCatalogChunkOperator(BaseOperator):
                 "a retry resumes them from the partition's registry."
             )
         return counts
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage | None:
+        """OpenLineage, per partition (never per item): ``<output>/chunks`` in; ``<output>/images`` and
+        ``<output>/manifest.d`` out. None when the openlineage provider is not installed."""
+        return lineage.chunk_lineage(self.output_dir, self.chunk_key)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+        """As on start, with the images saved and manifest rows written as output statistics and the
+        chunk's counts as the ``dashscopeCatalogChunk`` run facet."""
+        return lineage.chunk_lineage(self.output_dir, self.chunk_key, getattr(self, "_lineage_counts", None))
 
 
 def _lease_holder(context: Context) -> str | None:

@@ -23,8 +23,10 @@ class RefinerSubmitOperator(DashScopeSubmitOperator):
     :param coarse_image_url: http(s) URL of the coarse try-on result (templated).
     :param gender: ``woman`` or ``man`` (templated).
     :param bottom_garment_url: http(s) URL of the bottom garment; None or empty for a dress (templated).
-    :param model: the refiner model name, one setting away from a successor model.
-    See DashScopeSubmitOperator for the connection, retry-reuse and wait arguments.
+    :param model: the refiner model name, one setting away from a successor model (templated).
+
+    The connection, reuse-on-retry, pre-flight and wait arguments are those of
+    :class:`~airflow_provider_aitryon.operators.base.DashScopeSubmitOperator`.
     """
 
     template_fields: Sequence[str] = (
@@ -33,6 +35,7 @@ class RefinerSubmitOperator(DashScopeSubmitOperator):
         "bottom_garment_url",
         "coarse_image_url",
         "gender",
+        "model",
         "dashscope_conn_id",
     )
     ui_color = "#f3e5f5"
@@ -45,7 +48,7 @@ class RefinerSubmitOperator(DashScopeSubmitOperator):
         coarse_image_url: Any,
         gender: Any = "woman",
         bottom_garment_url: Any = None,
-        model: str = api.MODEL_REFINER,
+        model: Any = api.MODEL_REFINER,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_provider_aitryon import lineage
+from airflow_provider_aitryon.links import SavedImageLink, remember_result
 from airflow_provider_aitryon.storage import (  # noqa: F401  (kept importable from here)
     DEFAULT_ATTEMPTS,
     DEFAULT_MAX_BYTES,
@@ -23,6 +25,7 @@ from airflow_provider_aitryon.storage import (  # noqa: F401  (kept importable f
 )
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 
@@ -53,6 +56,7 @@ class SaveTryOnResultOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("image_url", "destination", "conn_id")
     ui_color = "#e8f5e9"
+    operator_extra_links = (SavedImageLink(),)
 
     def __init__(
         self,
@@ -84,7 +88,10 @@ class SaveTryOnResultOperator(BaseOperator):
             overwrite=self.overwrite,
             conn_id=self.conn_id or None,
             attempts=self.attempts,
+            report_lineage=False,  # this operator names its datasets itself (get_openlineage_facets_on_complete)
         )
+        remember_result(self, saved)  # for the "Saved image" link
+        self._lineage_saved = saved  # for get_openlineage_facets_on_complete
         # A downstream DAG scheduled on the Asset learns which file landed from the event's extra.
         outlet_events = context.get("outlet_events") if hasattr(context, "get") else None
         if outlet_events is not None:
@@ -92,3 +99,11 @@ class SaveTryOnResultOperator(BaseOperator):
                 if isinstance(outlet, Asset):
                     outlet_events[outlet].extra.update(saved)
         return saved
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+        """OpenLineage: the result URL read (input, without its query string), the saved copy written
+        (output, with its size and its sha256 as the dataset version) and any Asset outlets.
+
+        Named by `airflow_provider_aitryon.lineage`. None when the openlineage provider is not installed.
+        """
+        return lineage.save_lineage(self.image_url, getattr(self, "_lineage_saved", None), outlets=self.outlets)

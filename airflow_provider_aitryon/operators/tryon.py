@@ -25,7 +25,9 @@ class TryOnSubmitOperator(DashScopeSubmitOperator):
     :param resolution: -1 (keep the person image's size), 1024 (576x1024) or 1280 (720x1280).
     :param restore_face: keep the person's face.
     :param for_refiner: the result will be refined; enforces resolution=-1 and restore_face=True.
-    See DashScopeSubmitOperator for the connection, retry-reuse and wait arguments.
+
+    The connection, reuse-on-retry, pre-flight and wait arguments are those of
+    :class:`~airflow_provider_aitryon.operators.base.DashScopeSubmitOperator`.
     """
 
     template_fields: Sequence[str] = (

@@ -7,6 +7,8 @@ task does next, so the sensor and the operators cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import configparser
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +17,7 @@ from airflow_provider_aitryon.engine import EVENT_ERROR, EVENT_TIMEOUT, wait_for
 from airflow_provider_aitryon.errors import FIXES, DashScopeAPIError
 from airflow_provider_aitryon.failures import AirflowException, AirflowFailException, AirflowSensorTimeout
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
+from airflow_provider_aitryon.links import remember_result
 from airflow_provider_aitryon.models import Outcome, TaskResult, TaskStatus
 from airflow_provider_aitryon.triggers.dashscope import DashScopeTaskTrigger
 
@@ -44,6 +47,39 @@ def failure_sentence(result: TaskResult) -> str:
     return text + "."
 
 
+def default_deferrable() -> bool:
+    """``[operators] default_deferrable`` when the deployment sets it; True when it does not.
+
+    Official providers default ``deferrable`` to that option. Airflow's own built-in default for
+    it is false, which would make every wait hold a worker slot for minutes, so only a value the
+    deployment chose (airflow.cfg, or ``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``) counts here.
+    Note that ``airflow`` writes ``default_deferrable = false`` into a new airflow.cfg: delete the
+    line, or set it to true, to keep these operators deferrable.
+    """
+    conf = _airflow_conf()
+    env = "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"
+    chosen = any(os.environ.get(name) for name in (env, env + "_CMD", env + "_SECRET"))
+    # The plain ConfigParser lookup sees only what was read from the deployment's airflow.cfg,
+    # never Airflow's built-in defaults.
+    chosen = chosen or configparser.RawConfigParser.has_option(conf, "operators", "default_deferrable")
+    if not chosen:
+        return True
+    return conf.getboolean("operators", "default_deferrable", fallback=True)
+
+
+def _airflow_conf() -> Any:
+    try:
+        from airflow.sdk.configuration import conf  # the Task SDK's view (Airflow 3.2+)
+    except ImportError:
+        from airflow.configuration import conf
+    return conf
+
+
+def resolve_deferrable(deferrable: bool | None) -> bool:
+    """An operator's ``deferrable`` argument: as given, or `default_deferrable` when None."""
+    return default_deferrable() if deferrable is None else bool(deferrable)
+
+
 class DashScopeWaitMixin:
     """For operators that wait on a DashScope task: in place (poke) or deferred to the triggerer.
 
@@ -53,17 +89,44 @@ class DashScopeWaitMixin:
 
     dashscope_conn_id: str
     cancel_on_timeout: bool
+    cancel_on_kill: bool = True
     log: Any
     defer: Callable[..., Any]
+    # The DashScope task this worker process is waiting on right now; on_kill cancels it. It stays
+    # set when the wait ends with an exception, because Airflow calls on_kill after an
+    # execution_timeout too.
+    _waiting_on: str | None = None
+
+    def on_kill(self) -> None:
+        """Killed while waiting in the worker: cancel the DashScope task if it is still PENDING.
+
+        A PENDING task is never charged once canceled; DashScope refuses to cancel a task that has
+        started, which is then paid for, and a rerun of this Airflow task reuses it. Deferred waits
+        are handled by the trigger's own ``on_kill``.
+        """
+        task_id, self._waiting_on = self._waiting_on, None
+        if task_id and self.cancel_on_kill:
+            self.log.warning("Killed while waiting for DashScope task %s; canceling it if still PENDING.", task_id)
+            self.cancel_quietly(task_id)
 
     def _hook(self) -> DashScopeHook:
-        return DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
+        """One hook per operator instance, so its connection is read once per task process.
+
+        on_kill depends on it: by the time Airflow sends SIGTERM the supervisor no longer answers
+        a connection lookup, so a hook made then would wait until the SIGKILL.
+        """
+        hook = self.__dict__.get("_dashscope_hook")
+        if hook is None or hook.dashscope_conn_id != self.dashscope_conn_id:
+            hook = self.__dict__["_dashscope_hook"] = DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
+        return hook
 
     def finish(self, result: TaskResult) -> dict[str, Any] | None:
         """The XCom payload of a SUCCEEDED task, AirflowFailException for a failed one, None if running."""
         if result.outcome is Outcome.SUCCESS:
             self.log.info("DashScope task %s SUCCEEDED: %s", result.task_id, result.image_url)
-            return result.to_xcom()
+            payload = result.to_xcom()
+            remember_result(self, payload)  # for the "Try-on result" link
+            return payload
         if result.outcome is Outcome.FAILURE:
             raise AirflowFailException(failure_sentence(result))
         return None
@@ -100,14 +163,17 @@ class DashScopeWaitMixin:
                     end_time=end_time,
                     model=model,
                     submitted_at=submitted_at,
+                    cancel_on_kill=self.cancel_on_kill,
                 ),
                 method_name="execute_complete",
             )
+        self._waiting_on = task_id
         event = asyncio.run(
             wait_for_task(
                 self.dashscope_conn_id,
                 task_id,
-                connect=self._hook,
+                # A fresh hook each time the engine re-reads the connection (a rotated key).
+                connect=lambda: DashScopeHook(dashscope_conn_id=self.dashscope_conn_id),
                 model=model,
                 submitted_at=submitted_at,
                 end_time=end_time,
@@ -115,6 +181,7 @@ class DashScopeWaitMixin:
                 logger=self.log,
             )
         )
+        self._waiting_on = None  # the wait is over; a kill from here on has nothing to cancel
         return self.resume_from_event(event)
 
     def resume_from_event(self, event: Any) -> dict[str, Any]:
@@ -145,12 +212,18 @@ class DashScopeWaitMixin:
             raise AirflowException(message)
         raise AirflowFailException(message)
 
-    def cancel_quietly(self, task_id: str) -> None:
-        """Cancel a task nobody will wait for, so it is never charged; once it runs DashScope refuses."""
+    def cancel_quietly(self, task_id: str) -> bool:
+        """Cancel a task nobody will wait for, so it is never charged; once it runs DashScope refuses.
+
+        :param task_id: the DashScope task id.
+        :return: whether DashScope canceled it.
+        """
         try:
             self._hook().cancel_task(task_id)
         except DashScopeAPIError as exc:
             self.log.info("DashScope task %s was not canceled: %s", task_id, exc)
+            return False
+        return True
 
 
 _EVENT_HANDLERS: dict[str, Callable[..., dict[str, Any]]] = {

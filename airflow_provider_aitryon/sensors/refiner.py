@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_aitryon import lineage
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.failures import AirflowFailException, AirflowSkipException, airflow_errors
 from airflow_provider_aitryon.links import TryOnResultLink
 from airflow_provider_aitryon.models import TaskResult
-from airflow_provider_aitryon.operators.waiting import DashScopeWaitMixin
+from airflow_provider_aitryon.operators.waiting import DashScopeWaitMixin, resolve_deferrable
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 
@@ -36,8 +38,11 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
     :param poke_interval: seconds between pokes (``deferrable=False``); deferred, the longest gap
         between two queries while the account's engine cannot yet predict the task's end.
     :param timeout: seconds before the sensor gives up.
-    :param deferrable: wait in the triggerer (default True).
+    :param deferrable: wait in the triggerer; default from ``[operators] default_deferrable`` when
+        the deployment sets it, else True.
     :param cancel_on_timeout: cancel a still-PENDING task when the sensor times out.
+    :param cancel_on_kill: cancel a still-PENDING task when a user kills the sensor (in the worker,
+        or deferred in the triggerer).
     """
 
     template_fields: Sequence[str] = ("dashscope_task_id", "dashscope_conn_id")
@@ -51,20 +56,23 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
         dashscope_conn_id: str = DEFAULT_CONN_ID,
         poke_interval: float = 5.0,
         timeout: float = 60 * 60,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         cancel_on_timeout: bool = True,
+        cancel_on_kill: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
         self.dashscope_task_id = dashscope_task_id
         self.dashscope_conn_id = dashscope_conn_id
-        self.deferrable = deferrable
+        self.deferrable = resolve_deferrable(deferrable)
         self.cancel_on_timeout = cancel_on_timeout
+        self.cancel_on_kill = cancel_on_kill
         self._last_seen: TaskResult | None = None  # the last poke's answer
 
     # ------------------------------------------------------------------ poke / reschedule
 
     def poke(self, context: Context) -> PokeReturnValue:
+        self._waiting_on = self.dashscope_task_id  # on_kill cancels it while still PENDING
         try:
             with airflow_errors():
                 result = self._hook().get_task(self.dashscope_task_id)
@@ -75,6 +83,8 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
             return PokeReturnValue(is_done=False)
         self.log.info("DashScope task %s is %s.", result.task_id, result.raw_status)
         self._last_seen = result
+        if result.status.is_terminal:
+            self._waiting_on = None
         return PokeReturnValue(is_done=result.status.is_terminal, xcom_value=self.finish(result))
 
     # ------------------------------------------------------------------ deferrable
@@ -102,4 +112,26 @@ class RefinerTaskSensor(DashScopeWaitMixin, BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        return self.resume_from_event(event)
+        result = self.resume_from_event(event)
+        self._lineage_result = result  # for get_openlineage_facets_on_complete
+        return result
+
+    # ------------------------------------------------------------------ OpenLineage
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:
+        """OpenLineage: the task's result image URL as output (without its query string) and the
+        DashScope task as run facets (``externalQuery``, ``dashscopeTask``). It is the dataset the
+        refiner's ``coarse_image_url`` and the save operator read, so their lineage joins here.
+        None when the openlineage provider is not installed."""
+        seen: TaskResult | None = getattr(self, "_last_seen", None)  # the last poke's answer
+        result: dict[str, Any] = getattr(self, "_lineage_result", None) or (seen.to_xcom() if seen else {})
+        task = None
+        waited_on = self.dashscope_task_id if isinstance(self.dashscope_task_id, str) else None
+        if task_id := result.get("task_id") or waited_on:
+            try:
+                service_url: str | None = self._hook().settings.base_url
+            except Exception:
+                service_url = None
+            task = lineage.DashScopeTask(task_id=str(task_id), request_id=result.get("request_id"),
+                                         status=result.get("task_status"), service_url=service_url)  # fmt: skip
+        return lineage.submit_lineage(None, task=task, result_url=result.get("image_url"))

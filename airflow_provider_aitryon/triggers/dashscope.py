@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_aitryon.compat import on_kill_unsupported
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
 from airflow_provider_aitryon.engine import EVENT_ERROR, EVENT_TIMEOUT, task_event, wait_for_task
 from airflow_provider_aitryon.hooks.dashscope import DashScopeHook
@@ -34,7 +35,8 @@ class DashScopeTaskTrigger(BaseTrigger):
     :param max_transient_errors: failed polls in a row (each counted as the connection's
         ``max_attempts`` tries) to tolerate.
     :param cancel_on_kill: cancel the DashScope task when a user kills the Airflow task while it is
-        still PENDING (Airflow >= 3.3 calls on_kill only for user actions, not triggerer restarts).
+        still PENDING (Airflow >= 3.3 calls on_kill only for user actions, not triggerer restarts; older
+        versions never call it, and the trigger logs that it cannot cancel).
     :param model: the task's model, when known: latencies are learned per model.
     :param submitted_at: epoch seconds of the submit, when known: the end is predicted from it.
     """
@@ -79,6 +81,8 @@ class DashScopeTaskTrigger(BaseTrigger):
         return DashScopeHook(dashscope_conn_id=self.dashscope_conn_id)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        if self.cancel_on_kill and (limitation := on_kill_unsupported(self.dashscope_task_id)):
+            self.log.warning(limitation)
         event = await wait_for_task(
             self.dashscope_conn_id,
             self.dashscope_task_id,

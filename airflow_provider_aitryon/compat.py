@@ -1,0 +1,94 @@
+"""What differs between the Airflow versions this provider supports, in one place.
+
+The provider supports Airflow 3.1, 3.2 and 3.3 (``apache-airflow>=3.1,<3.4``; docs/versions.rst
+has the evidence and the test matrix). Every version check lives here, as a flag the rest of the
+code reads, so a difference is found once and tested once (tests/test_compat.py runs on every
+version of the matrix):
+
+* `DECLARATIVE_CONN_FIELDS` (3.2+): Airflow builds the connection form from the provider
+  metadata's ``conn-fields`` and ``ui-field-behaviour``. Airflow 3.1 ignores both keys (its schema
+  allows them) and asks the hook's ``get_ui_field_behaviour`` and ``get_connection_form_widgets``
+  instead: the same labels, hints and descriptions, but the extras are text fields without
+  number types or defaults.
+* `TRIGGER_ON_KILL` (3.3+): the triggerer calls ``BaseTrigger.on_kill`` when a user kills a
+  deferred task. Before 3.3 it never does, so killing a deferred wait cannot cancel the DashScope
+  task; the trigger says so in the task log (`on_kill_unsupported`).
+* `UNREADABLE_CONNECTION_IS_NOT_FOUND` (3.1): a connection whose Extra is not a JSON object is
+  reported as not defined; the hook then reads ``AIRFLOW_CONN_<ID>`` itself to say what is wrong.
+* The task SDK's exceptions: ``airflow.sdk.exceptions`` has them all from 3.2 on; 3.1 keeps most
+  in ``airflow.exceptions`` (the same classes 3.2+ re-exports there, deprecated).
+
+Airflow 3.0 is not supported: it has no ``airflow.sdk.BaseHook`` (the hook's base class), nor the
+task SDK's exceptions, ``airflow.sdk.lineage`` or the HITL operators.
+"""
+
+from __future__ import annotations
+
+import airflow
+from airflow.triggers.base import BaseTrigger
+from packaging.version import Version
+
+__all__ = [
+    "AIRFLOW_VERSION",
+    "DECLARATIVE_CONN_FIELDS",
+    "MIN_AIRFLOW",
+    "TRIGGER_ON_KILL",
+    "UNREADABLE_CONNECTION_IS_NOT_FOUND",
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowRescheduleException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "TaskDeferred",
+    "on_kill_unsupported",
+]
+
+#: The oldest Airflow this provider supports (pyproject.toml declares the same).
+MIN_AIRFLOW = Version("3.1")
+
+#: The running Airflow's release, without pre-release or local parts (3.2.0rc1 counts as 3.2.0).
+AIRFLOW_VERSION = Version(Version(airflow.__version__).base_version)
+
+#: Airflow reads the connection form from ``conn-fields`` / ``ui-field-behaviour`` in the provider
+#: metadata (3.2+); older versions ask the hook's form methods.
+DECLARATIVE_CONN_FIELDS = Version("3.2") <= AIRFLOW_VERSION
+
+#: Looking up a connection whose Extra is not a JSON object fails as "not defined" (3.1); 3.2+ returns
+#: it and the provider names the problem. The hook then diagnoses an ``AIRFLOW_CONN_*`` variable itself.
+UNREADABLE_CONNECTION_IS_NOT_FOUND = Version("3.2") > AIRFLOW_VERSION
+
+#: The triggerer calls ``BaseTrigger.on_kill`` when a user kills a deferred task (3.3+).
+TRIGGER_ON_KILL = callable(getattr(BaseTrigger, "on_kill", None))
+
+if Version("3.2") <= AIRFLOW_VERSION:
+    from airflow.sdk.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowRescheduleException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        TaskDeferred,
+    )
+else:  # Airflow 3.1: only AirflowException had moved to the task SDK
+    from airflow.exceptions import (  # type: ignore[no-redef,attr-defined]
+        AirflowException,
+        AirflowFailException,
+        AirflowRescheduleException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        TaskDeferred,
+    )
+
+
+def on_kill_unsupported(dashscope_task_id: str) -> str | None:
+    """The task-log line for a deferred wait whose kill cannot cancel the DashScope task, or None.
+
+    :param dashscope_task_id: the DashScope task the trigger waits for.
+    """
+    if TRIGGER_ON_KILL:
+        return None
+    return (
+        f"Airflow {AIRFLOW_VERSION} never calls a trigger's on_kill (added in Airflow 3.3): if this task is "
+        f"killed while it waits here, DashScope task {dashscope_task_id} is not canceled and is billed if it "
+        "runs. Cancel it in the DashScope console, or upgrade to Airflow 3.3 for cancel_on_kill."
+    )
