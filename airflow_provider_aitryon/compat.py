@@ -87,8 +87,9 @@ def on_kill_unsupported(dashscope_task_id: str) -> str | None:
     """
     if TRIGGER_ON_KILL:
         return None
+    # Worded without the hook's name: logs that mention it would read as if it had run.
     return (
-        f"Airflow {AIRFLOW_VERSION} never calls a trigger's on_kill (added in Airflow 3.3): if this task is "
-        f"killed while it waits here, DashScope task {dashscope_task_id} is not canceled and is billed if it "
-        "runs. Cancel it in the DashScope console, or upgrade to Airflow 3.3 for cancel_on_kill."
+        f"Airflow {AIRFLOW_VERSION} does not tell a trigger that its task was killed (Airflow 3.3 does): if "
+        f"this task is killed while it waits here, DashScope task {dashscope_task_id} is not canceled and is "
+        "billed if it runs; cancel it in the DashScope console, or use Airflow 3.3, where a kill cancels it."
     )

@@ -74,6 +74,16 @@ def uri(name: str) -> str:
     return f"oss://{BUCKET}/models/{name}"
 
 
+def audit(label: str, oss: OssStandIn, signatures: list[str]) -> None:
+    """What the stand-in saw, for the record (pytest -s prints it)."""
+    from collections import Counter
+
+    seen = Counter((r.method, r.operation, r.auth, r.status) for r in oss.requests)
+    print(f"\n{label}: {len(oss.requests)} requests, {oss.refused} refused, {len(set(signatures))} signatures verified")
+    for (method, operation, auth, status), count in sorted(seen.items()):
+        print(f"  {count:4d} x {method} {operation} ({auth}) -> {status}")
+
+
 def scan(home: Path, result: Any, signatures: list[str]) -> None:
     """Nothing Airflow wrote or printed holds the secret or a signature."""
     texts = [result.stdout, result.stderr]
@@ -120,6 +130,7 @@ def test_the_pipeline_reads_private_oss_images_and_saves_to_oss(emulator, oss, a
     assert oss.refused == 0
     assert emulator.stats()["submits_by_model"].get(api.MODEL_REFINER) == 1
     scan(home, result, signatures)
+    audit("pipeline", oss, signatures)
 
 
 def test_a_backfill_partition_with_oss_catalog_inputs_and_output(emulator, oss, airflow, signatures):
@@ -163,3 +174,9 @@ def test_a_backfill_partition_with_oss_catalog_inputs_and_output(emulator, oss, 
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
     assert emulator.stats()["submits_by_model"] == after  # nothing paid twice
     scan(home, rerun, signatures)
+    # Nor anything written to the bucket: manifests, registry entries, chunk files.
+    written = b"\n".join(data for key, data in oss.objects.items() if not key.endswith(".png")).decode(errors="replace")
+    assert "x-oss-signature" not in written.lower() and SECRET not in written
+    assert not any(signature in written for signature in set(signatures))
+    audit("pipeline and backfill", oss, signatures)
+    print("  manifest:", {sku: (row["status"], row.get("code")) for sku, row in rows.items()})

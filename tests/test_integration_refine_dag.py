@@ -46,8 +46,9 @@ OUTPUTS: list[str] = []
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[Emulator]:
-    # The refiner takes long enough that the sensor must defer to the trigger, not find it done.
-    with Emulator(EmulatorConfig(latency=0.5, latency_by_model={"aitryon-refiner": 4.0}, api_key=SECRET_KEY)) as emu:
+    # The refiner takes long enough that the sensor must defer to the trigger, not find it done, also
+    # on a loaded machine (4 s was once too short between the submit and the sensor's first look).
+    with Emulator(EmulatorConfig(latency=0.5, latency_by_model={"aitryon-refiner": 10.0}, api_key=SECRET_KEY)) as emu:
         yield emu
 
 
