@@ -143,18 +143,23 @@ def _storage_path(text: str, conn_id: str | None, field_name: str) -> ObjectStor
         path = ObjectStoragePath(text, conn_id=conn_id)
         _ = path.fs  # the filesystem loads lazily: a missing package would only surface on first use
         return path
+    except DashScopeConfigError as exc:
+        if not isinstance(exc, ImportError):  # the store's own sentence, e.g. a wrong OSS connection
+            raise
+        failure: Exception = exc
     except (ImportError, ValueError, TypeError, NotImplementedError) as exc:
-        # Airflow says "No filesystem registered", fsspec "Install s3fs" or "Unsupported filesystem".
-        if scheme in _INSTALL_FOR or isinstance(exc, ImportError):
-            package = _INSTALL_FOR.get(scheme, f"the Airflow provider that supports {scheme}://")
-            raise DashScopeConfigError(
-                f"{field_name} {shown} needs the filesystem for {scheme}://, which is not installed; install "
-                f"{package} on every worker."
-            ) from None
+        failure = exc
+    # Airflow says "No filesystem registered", fsspec "Install s3fs" or "Unsupported filesystem".
+    if scheme in _INSTALL_FOR or isinstance(failure, ImportError):
+        package = _INSTALL_FOR.get(scheme, f"the Airflow provider that supports {scheme}://")
         raise DashScopeConfigError(
-            f"{field_name} {shown} uses {scheme}://, which no installed Airflow provider supports; use a local "
-            "path or an object storage URI whose provider is installed, such as s3://bucket/looks/."
+            f"{field_name} {shown} needs the filesystem for {scheme}://, which is not installed; install "
+            f"{package} on every worker."
         ) from None
+    raise DashScopeConfigError(
+        f"{field_name} {shown} uses {scheme}://, which no installed Airflow provider supports; use a local "
+        "path or an object storage URI whose provider is installed, such as s3://bucket/looks/."
+    ) from None
 
 
 def writable_folder(folder: object, *, conn_id: str | None = None, field_name: str = "output") -> str:

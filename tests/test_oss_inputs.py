@@ -212,3 +212,18 @@ def test_local_files_are_uploaded_when_asked_and_refined(emu, tmp_path, capfd):
     assert stats["uploads"] == 2 and stats["submits_by_model"] == {api.MODEL_TRYON: 1}
     out, err = capfd.readouterr()
     assert "Pre-flight" not in out + err  # checked before the upload; nothing left to fetch
+
+
+def test_an_oss_output_with_a_broken_connection_says_so_before_anything_is_paid(monkeypatch, tmp_path):
+    from airflow_provider_aitryon.catalog import plan_chunks
+    from airflow_provider_aitryon.errors import DashScopeConfigError
+
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text('{"sku": "a", "person_image_url": "oss://b-1/p.png", "top_garment_url": "oss://b-1/t.png", '
+                       '"gender": "man"}\n')  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_OSS_DEFAULT", '{"conn_type": "oss", "extra": {"auth_type": "AK"}}')
+    oss_client.get_client.cache_clear()
+    with pytest.raises(DashScopeConfigError) as raised:
+        plan_chunks(str(catalog), "oss://shop-looks/backfill/2026-01-05", holder="dag/run")
+    message = str(raised.value)
+    assert "oss_default" in message and "no installed Airflow provider" not in message
