@@ -17,12 +17,21 @@ version of the matrix):
   reported as not defined; the hook then reads ``AIRFLOW_CONN_<ID>`` itself to say what is wrong.
 * The task SDK's exceptions: ``airflow.sdk.exceptions`` has them all from 3.2 on; 3.1 keeps most
   in ``airflow.exceptions`` (the same classes 3.2+ re-exports there, deprecated).
+* `HITL_APPROVAL`: the human-in-the-loop ``ApprovalOperator`` comes with
+  apache-airflow-providers-standard, not with Airflow, and takes ``response_timeout`` from
+  `HITL_MIN_STANDARD` on. With an older (or no) standard provider `SpendApprovalOperator` still
+  imports; it approves estimates below ``approve_above`` and fails, naming the upgrade, when it
+  would have to ask. How the wait looks is the standard provider's business: on Airflow 3.3 the
+  task waits in ``awaiting_input``, before that it is deferred to the triggerer.
 
 Airflow 3.0 is not supported: it has no ``airflow.sdk.BaseHook`` (the hook's base class), nor the
 task SDK's exceptions, ``airflow.sdk.lineage`` or the HITL operators.
 """
 
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import airflow
 from airflow.triggers.base import BaseTrigger
@@ -31,6 +40,9 @@ from packaging.version import Version
 __all__ = [
     "AIRFLOW_VERSION",
     "DECLARATIVE_CONN_FIELDS",
+    "HITL_APPROVAL",
+    "HITL_APPROVAL_OPERATOR",
+    "HITL_MIN_STANDARD",
     "MIN_AIRFLOW",
     "TRIGGER_ON_KILL",
     "UNREADABLE_CONNECTION_IS_NOT_FOUND",
@@ -39,6 +51,7 @@ __all__ = [
     "AirflowRescheduleException",
     "AirflowSensorTimeout",
     "AirflowSkipException",
+    "DownstreamTasksSkipped",
     "TaskDeferred",
     "on_kill_unsupported",
 ]
@@ -67,6 +80,7 @@ if Version("3.2") <= AIRFLOW_VERSION:
         AirflowRescheduleException,
         AirflowSensorTimeout,
         AirflowSkipException,
+        DownstreamTasksSkipped,
         TaskDeferred,
     )
 else:  # Airflow 3.1: only AirflowException had moved to the task SDK
@@ -76,8 +90,35 @@ else:  # Airflow 3.1: only AirflowException had moved to the task SDK
         AirflowRescheduleException,
         AirflowSensorTimeout,
         AirflowSkipException,
+        DownstreamTasksSkipped,
         TaskDeferred,
     )
+
+
+#: The apache-airflow-providers-standard release whose ApprovalOperator takes ``response_timeout``
+#: (1.12.2); older ones ask for an ``execution_timeout`` that races the wait.
+HITL_MIN_STANDARD = "1.12.2"
+
+
+def _approval_operator() -> type[Any] | None:
+    """The standard provider's ApprovalOperator if it is there and takes ``response_timeout``, else None."""
+    try:
+        from airflow.providers.standard.operators.hitl import ApprovalOperator
+    except Exception:  # ImportError, or AirflowOptionalProviderFeatureException where HITL is unsupported
+        return None
+    takes_timeout = any(
+        "response_timeout" in inspect.signature(vars(klass)["__init__"]).parameters
+        for klass in ApprovalOperator.__mro__
+        if "__init__" in vars(klass)
+    )
+    return ApprovalOperator if takes_timeout else None
+
+
+#: Airflow's human-in-the-loop ApprovalOperator class (the standard provider's), or None without it.
+HITL_APPROVAL_OPERATOR: type[Any] | None = _approval_operator()
+
+#: A task can ask a human to approve or reject (`HITL_APPROVAL_OPERATOR` is importable and recent).
+HITL_APPROVAL: bool = HITL_APPROVAL_OPERATOR is not None
 
 
 def on_kill_unsupported(dashscope_task_id: str) -> str | None:

@@ -7,11 +7,13 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_aitryon.api import DEFAULT_BASE_URL
 from airflow_provider_aitryon.errors import DashScopeConfigError
+from airflow_provider_aitryon.spend import SPEND_FIELDS, SpendLimits, amount
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ EXTRA_BOOL_FIELDS: dict[str, bool] = {
     # connection's own base URL (the emulator's samples) are allowed without it.
     "allow_private_inputs": False,
 }
+# Spend extras: CNY amounts, empty for none; a DAG run's params of the same names win (see `spend`).
+EXTRA_AMOUNT_FIELDS = SPEND_FIELDS
 
 # What each extra means, in the words the connection form shows under the field (and the docs).
 # A test checks every extra above has one.
@@ -64,6 +68,10 @@ EXTRA_DESCRIPTIONS: dict[str, str] = {
     "for an account shared with submitters outside this deployment: the item then fails instead.",
     "allow_private_inputs": "Let pre-flight fetch input images from loopback or private-network hosts (default "
     "off); link-local and cloud metadata addresses stay refused.",
+    "max_cost": "Spending limit in CNY of one catalog backfill run (default none): a run whose estimate is above it "
+    "fails before paying anything. The run's max_cost param overrides it.",
+    "approve_above": "Estimate in CNY above which a catalog backfill run waits for a person's approval before "
+    "submitting (default none: never asks). The run's approve_above param overrides it.",
 }
 
 # The connection form: one copy, read by get_provider_info (Airflow 3.2+ forms) and by the hook's
@@ -97,6 +105,13 @@ class ConnectionSettings:
     lost_submit_grace: float = 3.0
     adopt_lost_submits: bool = True
     allow_private_inputs: bool = False
+    max_cost: Decimal | None = None
+    approve_above: Decimal | None = None
+
+    @property
+    def spend_limits(self) -> SpendLimits:
+        """The connection's default spending limit and approval threshold for catalog backfills."""
+        return SpendLimits(max_cost=self.max_cost, approve_above=self.approve_above)
 
     @classmethod
     def from_connection(cls, conn: Any) -> ConnectionSettings:
@@ -113,7 +128,11 @@ class ConnectionSettings:
             values[name] = _number(conn_id, name, _given(extra, name, default), kind, minimum)
         for name, default in EXTRA_BOOL_FIELDS.items():
             values[name] = _boolean(conn_id, name, _given(extra, name, default))
-        unknown = set(extra) - set(EXTRA_FIELDS) - set(EXTRA_TEXT_FIELDS) - set(EXTRA_BOOL_FIELDS)
+        for name in EXTRA_AMOUNT_FIELDS:
+            values[name] = amount(extra.get(name), field_name=name, where=f"Connection {conn_id!r} extra field")
+        unknown = (
+            set(extra) - set(EXTRA_FIELDS) - set(EXTRA_TEXT_FIELDS) - set(EXTRA_BOOL_FIELDS) - set(EXTRA_AMOUNT_FIELDS)
+        )
         if unknown:
             log.warning(
                 "Connection %r has extra fields this provider does not use: %s",

@@ -7,6 +7,7 @@ from typing import Any
 from airflow_provider_aitryon import __version__
 from airflow_provider_aitryon.connection import (
     CONN_TYPE,
+    EXTRA_AMOUNT_FIELDS,
     EXTRA_BOOL_FIELDS,
     EXTRA_DESCRIPTIONS,
     EXTRA_FIELDS,
@@ -31,6 +32,8 @@ def _conn_fields() -> dict[str, Any]:
         }
     for name, flag in EXTRA_BOOL_FIELDS.items():
         fields[name] = {"label": _label(name), "schema": {"type": ["boolean", "null"], "default": flag}}
+    for name in EXTRA_AMOUNT_FIELDS:
+        fields[name] = {"label": _label(name), "schema": {"type": ["number", "null"], "minimum": 0}}
     for name, spec in fields.items():
         spec["description"] = EXTRA_DESCRIPTIONS[name]
     return fields
@@ -63,7 +66,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": [f"{_PACKAGE}.operators.{name}" for name in ("refiner", "tryon", "storage", "batch")],
+                "python-modules": [
+                    f"{_PACKAGE}.operators.{name}"
+                    for name in ("refiner", "tryon", "storage", "batch", "approval", "report")
+                ],
             }
         ],
         "sensors": [{"integration-name": _INTEGRATION, "python-modules": [f"{_PACKAGE}.sensors.refiner"]}],
@@ -79,7 +85,11 @@ def get_provider_info() -> dict[str, Any]:
         ],
         # oss:// for ObjectStoragePath; imports without the [oss] extra, whose absence get_fs reports.
         "filesystems": [f"{_PACKAGE}.oss.fs"],
-        "extra-links": [f"{_PACKAGE}.links.TryOnResultLink", f"{_PACKAGE}.links.SavedImageLink"],
+        "extra-links": [
+            f"{_PACKAGE}.links.TryOnResultLink",
+            f"{_PACKAGE}.links.SavedImageLink",
+            f"{_PACKAGE}.links.ReviewGalleryLink",
+        ],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

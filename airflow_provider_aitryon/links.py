@@ -74,3 +74,13 @@ def browsable(uri: str) -> str:
     if not parts.scheme and uri.startswith("/"):
         return PurePosixPath(uri).as_uri()
     return uri
+
+
+class ReviewGalleryLink(BaseOperatorLink):
+    """Opens the review gallery the task wrote (``report.html``: thumbnails, statuses, cost)."""
+
+    name = "Review gallery"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        uri = _result(operator).get("report")
+        return browsable(uri) if isinstance(uri, str) else ""

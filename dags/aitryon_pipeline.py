@@ -1,7 +1,7 @@
 """The whole try-on chain: coarse try-on → refiner → results saved before they expire → contact sheet.
 
 submit_coarse → wait_for_coarse → submit_refiner → wait_for_refiner → save_coarse, save_refined
-→ contact_sheet → report_cost
+→ contact_sheet → report_cost (what the run was charged, and its review gallery ``report.html``)
 
 The refiner is given the same person and garment URLs as the coarse stage, and the coarse stage
 runs with resolution=-1 and restore_face=true (TryOnSubmitOperator's for_refiner default), as the
@@ -20,6 +20,7 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param, task
 
 from airflow_provider_aitryon.operators.refiner import RefinerSubmitOperator
+from airflow_provider_aitryon.operators.report import TryOnReportOperator
 from airflow_provider_aitryon.operators.storage import SaveTryOnResultOperator
 from airflow_provider_aitryon.operators.tryon import TryOnSubmitOperator
 from airflow_provider_aitryon.sensors.refiner import RefinerTaskSensor
@@ -29,6 +30,8 @@ DEFAULT_OUTPUT = os.environ.get("AITRYON_OUTPUT", "/tmp/aitryon-output")
 COARSE_MODEL = "aitryon"
 
 REFINED_IMAGE = Asset(name="aitryon_refined_image")
+# A finished run: its event's extra says what it was charged and where its review gallery is.
+RUN_REPORT = Asset(name="aitryon_pipeline_report")
 
 with DAG(
     dag_id="aitryon_pipeline",
@@ -117,19 +120,21 @@ with DAG(
             f"{folder}/contact_sheet.png",
         )
 
-    @task
-    def report_cost(coarse: dict[str, Any], refined: dict[str, Any], sheet: dict[str, Any]) -> dict[str, Any]:
-        """Estimated list price of this run, from the price table in airflow_provider_aitryon.pricing."""
-        from airflow_provider_aitryon.pricing import estimate_cost, format_cost
-
-        images = {
-            COARSE_MODEL: int(coarse["usage"].get("image_count", 1)),
-            "aitryon-refiner": int(refined["usage"].get("image_count", 1)),
-        }
-        estimate = estimate_cost(images)
-        print(f"Estimated cost of this run:\n{format_cost(estimate)}")
-        print(f"Contact sheet: {sheet['uri']}")
-        return {"images": images, "total_cny": str(estimate.total), "contact_sheet": sheet["uri"]}
-
     sheet = contact_sheet(folder, save_coarse.output, save_refined.output)
-    report_cost(wait_for_coarse.output, wait_for_refiner.output, sheet)
+
+    # What the run was charged (its successful tasks, priced by pricing.py's table) and its review gallery.
+    report_cost = TryOnReportOperator(
+        task_id="report_cost",
+        output_dir=folder,
+        images={
+            "person": "{{ params.person_image_url }}",
+            "top garment": "{{ params.top_garment_url or '' }}",
+            "bottom garment": "{{ params.bottom_garment_url or '' }}",
+            "coarse": "{{ ti.xcom_pull(task_ids='save_coarse')['uri'] }}",
+            "refined": "{{ ti.xcom_pull(task_ids='save_refined')['uri'] }}",
+        },
+        results={COARSE_MODEL: wait_for_coarse.output, "aitryon-refiner": wait_for_refiner.output},
+        extra={"contact_sheet": "{{ ti.xcom_pull(task_ids='contact_sheet')['uri'] }}"},
+        outlets=[RUN_REPORT],
+    )
+    sheet >> report_cost

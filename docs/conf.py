@@ -51,6 +51,7 @@ nitpicky = True
 # are ignored; every name of this provider must resolve.
 nitpick_ignore_regex = [
     (r"py:.*", r"(airflow|httpx|tenacity|pendulum|requests|PIL|asyncio|logging|collections|typing|enum)(\..*)?"),
+    (r"py:.*", r"(decimal|datetime)(\..*)?"),
     (r"py:.*", r"(Context|TaskInstanceKey|BaseOperator|BaseSensorOperator|BaseHook|BaseTrigger|TriggerEvent)"),
     (r"py:.*", r"(PokeReturnValue|BaseOperatorLink|AsyncIterator|Container|Sequence|Callable|Iterator)"),
     (r"py:.*", r"OperatorLineage"),  # the optional openlineage provider's type

@@ -1,12 +1,14 @@
 """`make demo`: run the example DAGs in real Airflow against the built-in emulator, offline.
 
 Prepares a SQLite Airflow home in .demo/ (git-ignored), generates sample images, starts the
-emulator, runs `airflow dags test` for the full pipeline (coarse → refine → save → contact sheet)
-and for the refiner-only DAG, stops the emulator and says where the images are.
+emulator, runs `airflow dags test` for the full pipeline (coarse → refine → save → contact sheet →
+report), for the refiner-only DAG and for one small catalog backfill partition (priced before it
+pays, with a review gallery), stops the emulator and says where the images and galleries are.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from harness import REPO, airflow_env, dags_test, emulator_process, migrate, tas
 DEMO = REPO / ".demo"
 
 
-def run(env: dict[str, str], home: Path, dag_id: str, conf: dict[str, str]) -> bool:
+def run(env: dict[str, str], home: Path, dag_id: str, conf: dict[str, object]) -> bool:
     print(f"Running `airflow dags test {dag_id}` ...")
     result = dags_test(env, dag_id, conf)
     log = DEMO / f"{dag_id}.log"
@@ -60,6 +62,24 @@ def main() -> int:
         refine_only.parent.mkdir(parents=True, exist_ok=True)
         refine_only.write_bytes(requests.get(refined_url, timeout=30).content)
 
+        # One catalog partition: five looks, one of them with a person DashScope cannot find.
+        samples = env["AITRYON_SAMPLES_URL"]
+        catalog = DEMO / "catalog" / "2026-01-05.jsonl"
+        catalog.parent.mkdir(parents=True, exist_ok=True)
+        looks = [
+            {"sku": f"look-{i}", "person_image_url": f"{samples}/{'blank_person' if i == 3 else 'person'}.png",
+             "top_garment_url": f"{samples}/top.png", "bottom_garment_url": f"{samples}/bottom.png",
+             "gender": "woman"}
+            for i in range(5)
+        ]  # fmt: skip
+        catalog.write_text("".join(json.dumps(look) + "\n" for look in looks))
+        partition = output / "backfill" / "2026-01-05"
+        conf = {"catalog": str(catalog), "output": str(partition), "chunk_size": 3, "expected_latency": 2}
+        if not run(env, home, "aitryon_catalog_backfill", conf):
+            return 1
+        spend = xcom_value(home, "aitryon_catalog_backfill", "plan", key="spend")
+        partition_summary = xcom_value(home, "aitryon_catalog_backfill", "finalize")
+
     print()
     print(
         f"Refined image (pipeline):     {refined['uri']}  ({refined['width']}x{refined['height']}, "
@@ -67,7 +87,15 @@ def main() -> int:
     )
     print(f"Contact sheet (open it):      {sheet['uri']}")
     print(f"Refined image (refiner DAG):  {refine_only}")
-    print(f"Estimated list price of the pipeline run: CNY {cost['total_cny']} for {cost['images']}")
+    print(f"Charged for the pipeline run: CNY {cost['total_cny']} for {cost['images']}")
+    print(f"Review gallery (pipeline):    {cost['report']}")
+    print(f"Backfill plan, before paying: {spend['text']}")
+    charged = partition_summary["charged"]
+    print(
+        f"Backfill charged:             CNY {charged['total']} for {charged['images']} "
+        f"({partition_summary['succeeded']} succeeded, {partition_summary['failed']} failed)"
+    )
+    print(f"Review gallery (backfill):    {partition_summary['report']}")
     return 0
 
 

@@ -41,7 +41,7 @@ from PIL import Image
 from scripted_server import Reply, ScriptedServer
 
 from airflow_provider_aitryon import api
-from airflow_provider_aitryon.catalog import INVALID_LINE, plan_chunks, read_catalog
+from airflow_provider_aitryon.catalog import INVALID_LINE, plan_chunks, plan_partition, read_catalog
 from airflow_provider_aitryon.compat import AirflowException, AirflowFailException, TaskDeferred
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
 from airflow_provider_aitryon.emulator.protocol import (
@@ -58,6 +58,7 @@ from airflow_provider_aitryon.operators.refiner import RefinerSubmitOperator
 from airflow_provider_aitryon.operators.storage import SaveTryOnResultOperator
 from airflow_provider_aitryon.operators.tryon import TryOnSubmitOperator
 from airflow_provider_aitryon.sensors.refiner import RefinerTaskSensor
+from airflow_provider_aitryon.spend import SpendLimits
 
 PERSON = "http://img.example/person.png"
 TOP = "http://img.example/top.png"
@@ -811,6 +812,32 @@ def backfill_output_is_a_file(env: Env) -> None:
 def backfill_output_store_not_installed(env: Env) -> None:
     with airflow_errors():
         plan_chunks(env.catalog(GOOD_LINE), "s3://bucket/looks", holder="dag/run")
+
+
+@case("a backfill run whose estimate is above `max_cost`", "the backfill's `plan` task: AirflowFailException",
+      "This run would pay for 2 images, estimated CNY 0.50, above max_cost CNY 0.40; nothing was submitted: raise "
+      "max_cost, or split the catalog.", names=("max_cost",), sends_nothing=True)  # fmt: skip
+def backfill_over_max_cost(env: Env) -> None:
+    with airflow_errors():  # as the plan task of dags/aitryon_catalog_backfill.py runs it
+        plan_partition(env.catalog(GOOD_LINE), str(env.tmp_path / "out"), holder="dag/run",
+                       limits=SpendLimits.resolve({"max_cost": 0.4}))  # fmt: skip
+
+
+@case("a backfill run with `max_cost: \"lots\"`", "the backfill's `plan` task: AirflowFailException",
+      "DAG param max_cost must be an amount in CNY of 0 or more (such as 500 or 1234.50), got 'lots'; fix it or "
+      "leave it empty for no limit.", names=("max_cost",), sends_nothing=True)  # fmt: skip
+def backfill_max_cost_text(env: Env) -> None:
+    with airflow_errors():
+        SpendLimits.resolve({"max_cost": "lots"})
+
+
+@case("Extra `\"approve_above\": -5`", CONNECTION,
+      "Connection 'dashscope_default' extra field approve_above must be an amount in CNY of 0 or more (such as 500 "
+      "or 1234.50), got -5; fix it or leave it empty for no limit.", names=("approve_above",),
+      sends_nothing=True)  # fmt: skip
+def conn_negative_approve_above(env: Env) -> str | None:
+    env.connection(extra={**FAST, "approve_above": -5})
+    return refiner().execute(env.context)
 
 
 @case("`person_image_url=\"http://169.254.169.254/latest/meta-data\"` (cloud metadata)",

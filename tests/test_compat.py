@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import warnings
+from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,20 @@ def test_trigger_on_kill_flag_matches_the_triggerer():
     assert (Version("3.3") <= compat.AIRFLOW_VERSION) == compat.TRIGGER_ON_KILL
 
 
+def test_hitl_approval_flag_matches_the_installed_standard_provider():
+    # The flag must be what the installed provider really offers: an ApprovalOperator whose wait
+    # takes response_timeout, from the release compat names on.
+    standard = Version(version("apache-airflow-providers-standard"))
+    assert (standard >= Version(compat.HITL_MIN_STANDARD)) == compat.HITL_APPROVAL
+    assert (compat.HITL_APPROVAL_OPERATOR is not None) == compat.HITL_APPROVAL
+    if compat.HITL_APPROVAL:
+        from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+        assert compat.HITL_APPROVAL_OPERATOR is ApprovalOperator
+        op = ApprovalOperator(task_id="approve", subject="s", response_timeout=timedelta(minutes=5))
+        assert op.response_timeout == timedelta(minutes=5) and op.execution_timeout is None
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -74,6 +89,7 @@ def test_trigger_on_kill_flag_matches_the_triggerer():
         "AirflowRescheduleException",
         "AirflowSensorTimeout",
         "AirflowSkipException",
+        "DownstreamTasksSkipped",
         "TaskDeferred",
     ],
 )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import airflow_env, dags_test, make_coarse_image, migrate, task_states
+from harness import airflow_env, dags_test, make_coarse_image, migrate, task_states, xcom_value
 
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
 
@@ -88,9 +90,65 @@ def test_backfill_records_every_item_and_a_rerun_submits_nothing(emulator, airfl
     # refiner task for each of the 8 that got that far: nothing twice.
     assert after["aitryon"] - before.get("aitryon", 0) == 5
     assert after["aitryon-refiner"] - before.get("aitryon-refiner", 0) == 8
-    assert "Backfill summary" in result.stdout + result.stderr
+
+    # Spend: plan priced, before submitting, every stage with no paid task: 5 coarse and 9 refiner
+    # images (the blank person's refine among them: the estimate is a ceiling). It is in XCom and
+    # in the manifest's summary.
+    spend = xcom_value(home, DAG_ID, "plan", key="spend")
+    assert spend["images"] == {"aitryon": 5, "aitryon-refiner": 9}
+    assert (spend["items"], spend["to_submit"], spend["total"]) == (11, 9, "3.70")  # 5 x 0.20 + 9 x 0.30
+    assert spend["needs_approval"] is False
+    assert xcom_value(home, DAG_ID, "approve_spend")["by"] == "auto"
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["plan"]["images"] == spend["images"] and summary["status"] == "finished"
+    # Charged: the successful tasks only (the blank person's coarse task failed: free), this run's.
+    charged = {"aitryon": 4, "aitryon-refiner": 8}
+    assert summary["charged"]["images"] == charged and summary["charged"]["total"] == "3.20"
+    assert xcom_value(home, DAG_ID, "finalize")["charged"] == summary["charged"]
+    run_id = summary["run"]
+    for sku in succeeded:  # each item says which run paid for which of its images
+        paid = {"aitryon-refiner": run_id, **({"aitryon": run_id} if int(sku[-2:]) >= 4 else {})}
+        assert rows[sku]["charged"] == paid
+    assert event_extra(home, "aitryon_catalog_partition")["charged"] == summary["charged"]
+    assert event_extra(home, "aitryon_catalog_partition")["report"] == str(output / "report.html")
+    assert (output / "report.html").read_text().count('class="item"') == 11
+    check_gallery_in_browser(output / "report.html", rows)
 
     rerun = dags_test(env, DAG_ID, conf, timeout=600)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
     assert emulator.stats()["submits_by_model"] == after  # the rerun submits nothing
     assert manifest(output).keys() == rows.keys()
+    # ... and was priced and charged at nothing, while the partition's total stays.
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["plan"]["images"] == {"aitryon": 0, "aitryon-refiner": 0} and summary["plan"]["total"] == "0"
+    assert summary["charged"]["images"] == {} and summary["charged"]["total"] == "0"
+    assert summary["partition_charged"]["images"] == charged
+
+
+def event_extra(home: Path, asset: str) -> dict[str, Any]:
+    """The extra of the latest event of an Asset, as the metadata DB holds it."""
+    with sqlite3.connect(home / "airflow.db") as db:
+        row = db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ? ORDER BY e.id DESC",
+            (asset,),
+        ).fetchone()
+    assert row is not None, f"no event of asset {asset}"
+    return json.loads(row[0])
+
+
+def check_gallery_in_browser(page: Path, rows: dict[str, dict[str, Any]]) -> None:
+    """The partition's gallery in headless Chromium: it loads cleanly, every thumbnail renders, and
+    its counts are the manifest's (skipped without Chromium, unless AITRYON_REQUIRE_BROWSER=1)."""
+    from browser import inspect_page, require_browser
+
+    require_browser()
+    seen = inspect_page(page)
+    assert seen["console_errors"] == [] and seen["page_errors"] == [] and seen["external_requests"] == []
+    assert seen["broken_images"] == []
+    statuses = Counter(row["status"] for row in rows.values())
+    assert seen["items"] == len(rows) and set(seen["skus"]) == set(rows)
+    assert seen["by_status"] == dict(statuses)
+    assert seen["totals"] == {"items": str(len(rows)), "succeeded": str(statuses["succeeded"]),
+                              "failed": str(statuses["failed"]), "undone": "0"}  # fmt: skip
+    # Every succeeded item shows its person, garments, coarse and refined images.
+    assert seen["images"] >= 5 * statuses["succeeded"]

@@ -169,6 +169,13 @@ def test_a_backfill_partition_with_oss_catalog_inputs_and_output(emulator, oss, 
     assert after[api.MODEL_REFINER] - before.get(api.MODEL_REFINER, 0) == 3
     assert oss.refused == 0
     assert {r.auth for r in oss.requests if (r.key or "").startswith("models/")} <= {"presigned", "header"}
+    # The review gallery went to the bucket too, with the private person and garment images as
+    # thumbnails (read through the OSS connection) and the counts of the manifest.
+    page = oss.objects[f"{BUCKET}/backfill/2026-01-05/report.html"].decode()
+    assert page.count('class="item"') == 4 and 'data-succeeded="3"' in page and 'data-failed="1"' in page
+    assert page.count('<img class="thumb" data-role="person"') == 4
+    summary = json.loads(oss.objects[f"{BUCKET}/backfill/2026-01-05/summary.json"])
+    assert summary["charged"]["images"] == {api.MODEL_TRYON: 3, api.MODEL_REFINER: 3}
 
     rerun = dags_test(env, "aitryon_catalog_backfill", conf, timeout=600)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]

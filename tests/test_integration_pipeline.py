@@ -95,13 +95,30 @@ def test_pipeline_saves_both_images_and_a_contact_sheet(emulator, airflow, tmp_p
     cost = xcom_value(home, "aitryon_pipeline", "report_cost")
     assert cost["images"] == {"aitryon": 1, "aitryon-refiner": 1}
     assert cost["total_cny"] == "0.50"
-    assert "Estimated cost of this run" in result.stdout + result.stderr
+    assert cost["charged"]["images"] == cost["images"] and cost["charged"]["total"] == "0.50"
+    assert [line["charges"] for line in cost["charged"]["lines"]] == [
+        [{"images": 1, "unit_price": "0.20"}],
+        [{"images": 1, "unit_price": "0.30"}],
+    ]
+    assert cost["contact_sheet"] == str(run_folder / "contact_sheet.png")
+    # The review gallery: one card with the person, both garments, coarse and refined thumbnails.
+    assert cost["report"] == str(run_folder / "report.html")
+    page = (run_folder / "report.html").read_text()
+    assert page.count('class="item"') == 1 and 'data-status="succeeded"' in page
+    assert page.count('<img class="thumb"') == 5 and "CNY 0.50" in page
 
     with sqlite3.connect(home / "airflow.db") as db:
         rows = db.execute(
             "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?",
             ("aitryon_refined_image",),
         ).fetchall()
+        (report_extra,) = db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?",
+            ("aitryon_pipeline_report",),
+        ).fetchone()
+    # The run's report event says what it was charged and where its gallery is.
+    assert json.loads(report_extra)["charged"] == cost["charged"]
+    assert json.loads(report_extra)["report"] == cost["report"]
     assert rows, "the saved refined image must emit an asset event"
     assert json.loads(rows[-1][0])["uri"] == saved_refined["uri"]
 

@@ -449,7 +449,11 @@ def test_plan_and_finalize_report_partition_datasets_to_hook_lineage(emulator, t
     assert len(chunks) == 3
     planned = ExtractorManager().get_hook_lineage()
     assert names(planned.inputs) == [("file", catalog)]
-    assert names(planned.outputs) == [("file", f"{output}/chunks"), ("file", f"{output}/manifest.d")]
+    assert names(planned.outputs) == [
+        ("file", f"{output}/chunks"),
+        ("file", f"{output}/manifest.d"),
+        ("file", f"{output}/summary.json"),  # the estimate, written before anything is paid
+    ]
 
     # finalize (in a task process of its own): the catalog and the parts in, the manifest out.
     fresh = type(hook_lineage)()

@@ -11,7 +11,7 @@ import airflow
 import jsonschema
 import pytest
 
-from airflow_provider_aitryon.connection import EXTRA_BOOL_FIELDS, EXTRA_FIELDS, EXTRA_TEXT_FIELDS
+from airflow_provider_aitryon.connection import EXTRA_AMOUNT_FIELDS, EXTRA_BOOL_FIELDS, EXTRA_FIELDS, EXTRA_TEXT_FIELDS
 from airflow_provider_aitryon.get_provider_info import get_provider_info
 
 INFO = get_provider_info()
@@ -55,7 +55,7 @@ def test_classes_named_in_it_exist():
 def test_connection_form_fields_are_the_extras_the_hook_reads():
     (conn,) = INFO["connection-types"]
     assert conn["connection-type"] == "dashscope"
-    assert set(conn["conn-fields"]) == {*EXTRA_TEXT_FIELDS, *EXTRA_FIELDS, *EXTRA_BOOL_FIELDS}
+    assert set(conn["conn-fields"]) == {*EXTRA_TEXT_FIELDS, *EXTRA_FIELDS, *EXTRA_BOOL_FIELDS, *EXTRA_AMOUNT_FIELDS}
 
 
 def test_every_extra_in_the_form_says_what_it_does():

@@ -13,17 +13,23 @@ its output may be local paths or object-storage URIs alike.
   replays its entry with `replay`, so no item is lost and none is paid for twice.
 - The *manifest* (``<output>/manifest.jsonl``) has one line per item: ``sku``, ``status``
   (``succeeded`` / ``failed``), the DashScope task ids, the saved image (its file name is unique per
-  sku), whether a task was ``adopted`` after a lost reply and, for failures, ``code``, ``message``
+  sku), whether a task was ``adopted`` after a lost reply, what the item was ``charged`` for (the
+  model of each successful task and the run that paid it) and, for failures, ``code``, ``message``
   and whether a rerun should try again (``retryable``).
+- The manifest's *summary* (``<output>/summary.json``) holds the last run's spend: the estimate
+  ``plan`` made before submitting anything, the limits it was checked against, the approval, the
+  cost actually charged, the counts and the review gallery (``<output>/report.html``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
@@ -38,10 +44,14 @@ from airflow_provider_aitryon.registry import (
     SubmissionRegistry,
     decide,
     item_key,
+    partition_registry,
     sku_file_stem,
 )
 from airflow_provider_aitryon.registry.lease import PartitionLease
+from airflow_provider_aitryon.spend import SpendLimitExceeded, SpendLimits, SpendPlan
 from airflow_provider_aitryon.storage import atomic_write, resolve_destination, writable_folder
+
+log = logging.getLogger(__name__)
 
 STAGE_COARSE = "coarse"
 STAGE_REFINE = "refine"
@@ -100,6 +110,8 @@ class ManifestRow:
     message: str | None = None
     retryable: bool = False
     adopted: bool = False
+    # model -> the run (lease holder) whose successful task of that model this item was charged for
+    charged: dict[str, str] = field(default_factory=dict)
     t: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,12 +219,21 @@ def partition_lease(output: str, holder: str, *, conn_id: str | None = None) -> 
     return PartitionLease(lease_folder(output), holder, conn_id=conn_id)
 
 
-def load_entries(registry: SubmissionRegistry, items: Iterable[CatalogItem]) -> dict[str, dict[str, Submission]]:
-    """sku → stage → the registry's entry, for the given items."""
+def load_entries(
+    registry: SubmissionRegistry, items: Iterable[CatalogItem], *, known: set[str] | None = None
+) -> dict[str, dict[str, Submission]]:
+    """sku → stage → the registry's entry, for the given items.
+
+    :param known: the registry's keys, listed once by a caller reading many items (``plan``): only
+        those are read, instead of one read per item and stage of a partition mostly never submitted.
+    """
     out: dict[str, dict[str, Submission]] = {}
     for item in items:
         for stage in item.stages:
-            entry = registry.get(item_key(item.sku, stage))
+            key = item_key(item.sku, stage)
+            if known is not None and key not in known:
+                continue
+            entry = registry.get(key)
             if entry is not None:
                 out.setdefault(item.sku, {})[stage] = entry
     return out
@@ -244,6 +265,8 @@ def replay(item: CatalogItem, entries: Mapping[str, Submission], *, coarse_model
     """Read an item's registry entries with the registry's rules: the one replay every path uses."""
     task_ids = {stage: e.task_id for stage, e in entries.items() if e.task_id}
     adopted = any(e.adopted for e in entries.values() if e.task_id)
+    # DashScope charges successful tasks only: what the item cost, and which run paid for it.
+    charged = {e.model: e.owner or "" for e in entries.values() if e.task_id and e.status == TaskStatus.SUCCEEDED.value}
     coarse_url = item.coarse_image_url
     for stage in item.stages:
         entry = entries.get(stage)
@@ -258,7 +281,7 @@ def replay(item: CatalogItem, entries: Mapping[str, Submission], *, coarse_model
                 succeeded = entry.task_id and entry.status == TaskStatus.SUCCEEDED.value
                 retry = WAITING if succeeded else QUEUED
             row = ManifestRow(item.sku, FAILED, task_ids, code=failure.get("code"), message=failure.get("message"),
-                              retryable=retry is not None, adopted=adopted)  # fmt: skip
+                              retryable=retry is not None, adopted=adopted, charged=charged)  # fmt: skip
             return Progress(FAILED, stage, entry.task_id, coarse_url, row, retry)
         if decision is Decision.SUBMIT:
             return here
@@ -270,14 +293,14 @@ def replay(item: CatalogItem, entries: Mapping[str, Submission], *, coarse_model
             permanent = is_permanent(entry.code)
             row = ManifestRow(item.sku, FAILED, task_ids, code=entry.code or status.value,
                               message=entry.message or f"the task ended {status.value}", retryable=not permanent,
-                              adopted=adopted)  # fmt: skip
+                              adopted=adopted, charged=charged)  # fmt: skip
             return Progress(FAILED, stage, entry.task_id, coarse_url, row, None if permanent else QUEUED)
         if status is TaskStatus.SUCCEEDED and stage == STAGE_COARSE:
             coarse_url = entry.image_url
             continue
         if status is TaskStatus.SUCCEEDED and entry.saved_uri:
             row = ManifestRow(item.sku, SUCCEEDED, task_ids, image=entry.saved_uri, sha256=entry.saved_sha256,
-                              adopted=adopted)  # fmt: skip
+                              adopted=adopted, charged=charged)  # fmt: skip
             return Progress(DONE, stage, entry.task_id, coarse_url, row)
         # Submitted and not seen ending, or ended well and not saved yet: query it (a fresh result
         # URL, then the download), never submit it again.
@@ -376,6 +399,106 @@ def _read_text(path: ObjectStoragePath) -> str:
 # ------------------------------------------------------------------------------------ plan and rows
 
 
+@dataclass(frozen=True)
+class PartitionPlan:
+    """What ``plan`` decided for a partition's run: the chunk files to refine and what they will cost.
+
+    :param chunks: URIs of the chunk files of the items that still need work.
+    :param spend: the estimate, made before anything is submitted, and the run's limits.
+    :param summary: URI of the manifest's summary, where the estimate is written too.
+    """
+
+    chunks: list[str]
+    spend: SpendPlan
+    summary: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """For XCom: ``chunks`` (what ``refine_chunk`` is mapped over) and ``spend`` (what the approval shows)."""
+        return {"chunks": list(self.chunks), "spend": self.spend.to_dict(self.summary)}
+
+
+def plan_partition(
+    catalog: str,
+    output: str,
+    *,
+    chunk_size: int = 200,
+    conn_id: str | None = None,
+    holder: str | None = None,
+    holder_alive: Callable[[str], bool] | None = None,
+    limits: SpendLimits | None = None,
+    coarse_model: str = api.MODEL_TRYON,
+) -> PartitionPlan:
+    """Price the items that still need work, check the spending limit, then write their chunk files.
+
+    Items already in the manifest as succeeded, or failed for good, are left out: a rerun over
+    the same partition submits nothing for them. Lines that cannot be items are recorded as failed.
+    The estimate counts only the images this run may pay for: a stage whose task is already paid
+    for (in flight, or succeeded and not yet saved) is reused, not priced.
+
+    :param catalog: the partition's catalog JSONL (path or URI).
+    :param output: the partition's output folder (path or URI).
+    :param chunk_size: items per chunk file.
+    :param conn_id: connection of the object store holding catalog and output.
+    :param holder: the run asking (``<dag_id>/<run_id>``): it takes the partition's lease first, so
+        a second run over the same output at the same time fails here, naming the first.
+    :param holder_alive: whether the run holding the lease still runs (see `PartitionLease.acquire`).
+    :param limits: ``max_cost`` and ``approve_above`` of this run.
+    :param coarse_model: the model ``refine_chunk`` uses for items without a coarse image.
+    :raises SpendLimitExceeded: the estimate is above ``max_cost``; no chunk is written, the lease
+        is given back.
+    """
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise DashScopeConfigError(f"chunk_size must be a whole number of at least 1, got {chunk_size!r}; set it.")
+    output = writable_folder(output, conn_id=conn_id, field_name="output")
+    lease = partition_lease(output, holder, conn_id=conn_id) if holder is not None else None
+    if lease is not None:
+        lease.acquire(holder_alive)
+    try:
+        return _plan(catalog, output, chunk_size, conn_id, holder, limits or SpendLimits(), coarse_model)
+    except SpendLimitExceeded as exc:
+        write_summary(output, {"status": "over_limit", "reason": str(exc)}, conn_id=conn_id)
+        if lease is not None:
+            lease.release()
+        raise
+
+
+def _plan(
+    catalog: str,
+    output: str,
+    chunk_size: int,
+    conn_id: str | None,
+    holder: str | None,
+    limits: SpendLimits,
+    coarse_model: str,
+) -> PartitionPlan:
+    items, bad = read_catalog(catalog, conn_id=conn_id)
+    done = read_manifest(manifest_uri(output), conn_id=conn_id)
+    todo = [item for item in items if needs_work(done.get(item.sku))]
+    images, paying, reusing = price_work(todo, partition_registry(output, conn_id=conn_id), coarse_model=coarse_model)
+    finished = sum(done.get(item.sku, {}).get("status") == SUCCEEDED for item in items)
+    spend = SpendPlan(
+        items=len(items) + len(bad), to_submit=paying, reused=reusing + finished, images=images, limits=limits
+    )
+    log.info("Spend plan of %s: %s (max_cost %s, approve_above %s)", output, spend.text, _cny(limits.max_cost),
+             _cny(limits.approve_above))  # fmt: skip
+    summary = summary_uri(output)
+    write_summary(output, {"run": holder, "status": "planned", "plan": spend.to_dict(summary)}, conn_id=conn_id,
+                  fresh=True)  # fmt: skip
+    spend.check_limit()
+    if bad := [row for row in bad if needs_work(done.get(row.sku))]:
+        write_rows(f"{parts_dir(output)}/catalog-lines.jsonl", bad, conn_id=conn_id)
+    uris = []
+    for chunk in chunked(todo, chunk_size):
+        uri = f"{output.rstrip('/')}/chunks/{chunk_key(chunk)}.jsonl"
+        data = "".join(json.dumps(item.to_dict(), sort_keys=True) + "\n" for item in chunk)
+        atomic_write(data.encode(), _path(uri, conn_id))
+        uris.append(uri)
+    # Per partition, not per chunk or item (see `airflow_provider_aitryon.lineage`).
+    written = ([f"{output.rstrip('/')}/chunks"] if uris else []) + ([parts_dir(output)] if bad else [])
+    lineage.report_hook_lineage(outputs=[*written, summary])
+    return PartitionPlan(uris, spend, summary)
+
+
 def plan_chunks(
     catalog: str,
     output: str,
@@ -385,35 +508,84 @@ def plan_chunks(
     holder: str | None = None,
     holder_alive: Callable[[str], bool] | None = None,
 ) -> list[str]:
-    """Write the chunk files of the items that still need work; return their URIs.
+    """The chunk files of `plan_partition`, without spending limits (kept for earlier callers).
 
-    Items already in the manifest as succeeded, or failed for good, are left out: a rerun over
-    the same partition submits nothing for them. Lines that cannot be items are recorded as failed.
-
-    :param holder: the run asking (``<dag_id>/<run_id>``): it takes the partition's lease first, so
-        a second run over the same output at the same time fails here, naming the first.
-    :param holder_alive: whether the run holding the lease still runs (see `PartitionLease.acquire`).
+    :param catalog: the partition's catalog JSONL (path or URI).
+    :param output: the partition's output folder (path or URI).
+    :param chunk_size: items per chunk file.
+    :param conn_id: connection of the object store holding catalog and output.
+    :param holder: the run asking, which takes the partition's lease (see `plan_partition`).
+    :param holder_alive: whether the run holding the lease still runs.
     """
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise DashScopeConfigError(f"chunk_size must be a whole number of at least 1, got {chunk_size!r}; set it.")
-    output = writable_folder(output, conn_id=conn_id, field_name="output")
-    if holder is not None:
-        partition_lease(output, holder, conn_id=conn_id).acquire(holder_alive)
-    items, bad = read_catalog(catalog, conn_id=conn_id)
-    done = read_manifest(manifest_uri(output), conn_id=conn_id)
-    if bad := [row for row in bad if needs_work(done.get(row.sku))]:
-        write_rows(f"{parts_dir(output)}/catalog-lines.jsonl", bad, conn_id=conn_id)
-    todo = [item for item in items if needs_work(done.get(item.sku))]
-    uris = []
-    for chunk in chunked(todo, chunk_size):
-        uri = f"{output.rstrip('/')}/chunks/{chunk_key(chunk)}.jsonl"
-        data = "".join(json.dumps(item.to_dict(), sort_keys=True) + "\n" for item in chunk)
-        atomic_write(data.encode(), _path(uri, conn_id))
-        uris.append(uri)
-    # Per partition, not per chunk or item (see `airflow_provider_aitryon.lineage`).
-    written = ([f"{output.rstrip('/')}/chunks"] if uris else []) + ([parts_dir(output)] if bad else [])
-    lineage.report_hook_lineage(outputs=written)
-    return uris
+    return plan_partition(
+        catalog, output, chunk_size=chunk_size, conn_id=conn_id, holder=holder, holder_alive=holder_alive
+    ).chunks
+
+
+def price_work(
+    todo: Iterable[CatalogItem], registry: SubmissionRegistry, *, coarse_model: str = api.MODEL_TRYON
+) -> tuple[dict[str, int], int, int]:
+    """Images by model a run may pay for, how many items it will submit anything for, and how many
+    items it finishes without paying (a paid task in flight, or succeeded and not yet saved).
+
+    Only the stages of ``todo`` that the registry has no reusable task for count. The registry is
+    listed once and only its entries are read: a partition never run before costs one listing, not
+    a read per item.
+    """
+    todo = list(todo)
+    entries = load_entries(registry, todo, known=set(registry.store.list_keys()))
+    images = {coarse_model: 0, api.MODEL_REFINER: 0}
+    paying = reusing = 0
+    for item in todo:
+        progress = replay(item, entries.get(item.sku, {}), coarse_model=coarse_model)
+        stages = stages_to_pay(item, progress)
+        paying += bool(stages)
+        reusing += not stages and (progress.phase in (WAITING, DONE) or progress.retry == WAITING)
+        for stage in stages:
+            images[coarse_model if stage == STAGE_COARSE else api.MODEL_REFINER] += 1
+    return images, paying, reusing
+
+
+def stages_to_pay(item: CatalogItem, progress: Progress) -> tuple[str, ...]:
+    """The stages of an item a run may submit (and so pay for), from where `replay` left it.
+
+    A stage with a task in flight, or succeeded and not yet saved, is collected, not paid again; a
+    lost submit reply (LOOKUP) is counted, since its task may not be found: the estimate is a ceiling.
+    """
+    if progress.phase == DONE or (progress.phase == FAILED and progress.retry is None):
+        return ()
+    at = item.stages.index(progress.stage)
+    if progress.phase == WAITING or (progress.phase == FAILED and progress.retry == WAITING):
+        at += 1  # this stage's task is paid for: only the later stages are
+    return item.stages[at:]
+
+
+def summary_uri(output: str) -> str:
+    """The manifest's summary: the last run's spend, counts and review gallery (JSON)."""
+    return f"{output.rstrip('/')}/summary.json"
+
+
+def read_summary(output: str, *, conn_id: str | None = None) -> dict[str, Any]:
+    path = _path(summary_uri(output), conn_id)
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(_read_text(path))
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_summary(output: str, values: Mapping[str, Any], *, conn_id: str | None = None, fresh: bool = False) -> dict:
+    """Update the manifest's summary with ``values`` (a new run starts it ``fresh``)."""
+    summary = {} if fresh else read_summary(output, conn_id=conn_id)
+    summary.update(values)
+    atomic_write((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(), _path(summary_uri(output), conn_id))
+    return summary
+
+
+def _cny(value: Decimal | None) -> str:
+    return "none" if value is None else f"CNY {value:,.2f}"
 
 
 def read_chunk(uri: str, *, conn_id: str | None = None) -> list[CatalogItem]:

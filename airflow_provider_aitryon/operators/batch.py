@@ -1,8 +1,12 @@
-"""RefineCatalogChunkOperator: one mapped task instance carries a chunk of a catalog backfill.
+"""The catalog backfill's operators.
 
-The worker only hands the chunk to a DashScopeBatchTrigger and, when it is done, writes the
-chunk's manifest rows: the waiting, pacing, polling and saving happen in the triggerer, so a
-chunk of hundreds of items holds a worker slot for about a second.
+`RefineCatalogChunkOperator`: one mapped task instance carries a chunk of a catalog backfill. The
+worker only hands the chunk to a DashScopeBatchTrigger and, when it is done, writes the chunk's
+manifest rows: the waiting, pacing, polling and saving happen in the triggerer, so a chunk of
+hundreds of items holds a worker slot for about a second.
+
+`FinalizeCatalogOperator`: the run's last task: the manifest, the cost charged, the summary and the
+review gallery (an extra link opens it; Asset outlets carry the cost in their event's extra).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from airflow.sdk import BaseOperator
 from airflow_provider_aitryon import api, lineage
 from airflow_provider_aitryon.catalog import parts_dir, read_chunk, rows_from_registry, write_rows
 from airflow_provider_aitryon.connection import DEFAULT_CONN_ID
-from airflow_provider_aitryon.failures import AirflowException, AirflowFailException
+from airflow_provider_aitryon.failures import AirflowException, AirflowFailException, airflow_errors
+from airflow_provider_aitryon.links import ReviewGalleryLink, remember_result
+from airflow_provider_aitryon.operators.report import emit_asset_extra, gallery_fetcher
 from airflow_provider_aitryon.registry import partition_registry
 from airflow_provider_aitryon.sources import DEFAULT_EXPIRES, DEFAULT_OSS_CONN_ID
 from airflow_provider_aitryon.triggers.catalog import CatalogChunkTrigger as DashScopeBatchTrigger
@@ -155,3 +161,102 @@ def _lease_holder(context: Context) -> str | None:
     if ti is None or not getattr(ti, "run_id", None):
         return None
     return f"{ti.dag_id}/{ti.run_id}"
+
+
+# What a partition's asset event says: the outcome, the cost and where to look.
+ASSET_KEYS = ("status", "items", "succeeded", "failed", "undone", "charged", "manifest", "summary", "report")
+
+
+class FinalizeCatalogOperator(BaseOperator):
+    """Close a partition's run: merge the manifest, give the lease back, price and report the run.
+
+    Writes ``<output>/manifest.jsonl``, the manifest's summary ``<output>/summary.json`` (the
+    estimate ``plan`` made, the approval, the images this run was charged for by model and their
+    cost at the price tier, the counts) and the review gallery ``<output>/report.html`` (pages of at
+    most 500 items). Returns the summary (XCom); each Asset outlet's event carries the cost and the
+    gallery in its ``extra``; the "Review gallery" extra link opens the gallery.
+
+    Fails when items are left undone (clear the failed chunks or rerun the partition), unless a
+    person rejected the spend: then nothing was submitted and the run ends quietly. Fails too when
+    ``plan`` refused the run for ``max_cost``, so the run ends failed.
+
+    :param catalog: the partition's catalog JSONL path or URI (templated).
+    :param output_dir: the partition's output folder or URI (templated).
+    :param approval_task_id: the task whose return value is the spend approval
+        (`SpendApprovalOperator`); None without an approval step. Read at run time, so a run whose
+        plan failed finalizes without one.
+    :param dashscope_conn_id: connection whose address rules (``allow_private_inputs``, its own
+        host) the gallery's image downloads follow.
+    :param storage_conn_id: connection of the object store holding catalog and output.
+    :param oss_conn_id: the ``oss`` connection that reads ``oss://`` images for the gallery.
+    :param review: write the review gallery (default True).
+    :param page_size: items per gallery page (at most 500).
+    """
+
+    template_fields: Sequence[str] = ("catalog", "output_dir")
+    operator_extra_links = (ReviewGalleryLink(),)
+    ui_color = "#e8f5e9"
+
+    def __init__(
+        self,
+        *,
+        catalog: Any,
+        output_dir: Any,
+        approval_task_id: str | None = None,
+        dashscope_conn_id: str = DEFAULT_CONN_ID,
+        storage_conn_id: str | None = None,
+        oss_conn_id: str = DEFAULT_OSS_CONN_ID,
+        review: bool = True,
+        page_size: int = 500,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.catalog = catalog
+        self.output_dir = output_dir
+        self.approval_task_id = approval_task_id
+        self.dashscope_conn_id = dashscope_conn_id
+        self.storage_conn_id = storage_conn_id
+        self.oss_conn_id = oss_conn_id
+        self.review = review
+        self.page_size = page_size
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_aitryon.catalog.finalize import OVER_LIMIT, REJECTED, finalize_partition
+
+        approval = None
+        if self.approval_task_id and (ti := context.get("ti")) is not None:
+            pulled = ti.xcom_pull(task_ids=self.approval_task_id)
+            approval = pulled if isinstance(pulled, dict) else None
+        with airflow_errors():
+            summary = finalize_partition(
+                str(self.catalog),
+                str(self.output_dir),
+                holder=_lease_holder(context),
+                approval=approval,
+                conn_id=self.storage_conn_id,
+                fetch=gallery_fetcher(self.dashscope_conn_id, self.storage_conn_id, self.oss_conn_id, self.log)
+                if self.review
+                else None,
+                review=self.review,
+                page_size=self.page_size,
+            )
+        if summary["status"] == OVER_LIMIT:
+            # plan refused the spend before anything was paid; fail too, so the run ends failed
+            # (finalize is its leaf) with the same sentence.
+            raise AirflowFailException(f"Nothing was refined: {summary.get('reason') or 'the run was over max_cost'}")
+        remember_result(self, summary)
+        charged = summary["charged"]
+        self.log.info(
+            "Partition %s: %s succeeded, %s failed, %s undone of %s items; this run was charged %s %s for %s; "
+            "review: %s",
+            self.output_dir, summary["succeeded"], summary["failed"], summary["undone"], summary["items"],
+            charged["currency"], charged["total"], charged["images"] or "nothing", summary.get("report"),
+        )  # fmt: skip
+        emit_asset_extra(context, self.outlets, summary, ASSET_KEYS)
+        if summary["undone"] and summary["status"] != REJECTED:
+            first = ", ".join(summary["undone_skus"][:5])
+            raise AirflowException(
+                f"{summary['undone']} catalog items are left undone (first: {first}); clear the failed refine_chunk "
+                "tasks or rerun the partition to finish them."
+            )
+        return summary

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator
+from airflow.sdk import BaseOperator
 
 from airflow_provider_aitryon import lineage
 from airflow_provider_aitryon.links import SavedImageLink, remember_result
+from airflow_provider_aitryon.operators.report import emit_asset_extra
 from airflow_provider_aitryon.storage import (  # noqa: F401  (kept importable from here)
     DEFAULT_ATTEMPTS,
     DEFAULT_MAX_BYTES,
@@ -93,11 +94,7 @@ class SaveTryOnResultOperator(BaseOperator):
         remember_result(self, saved)  # for the "Saved image" link
         self._lineage_saved = saved  # for get_openlineage_facets_on_complete
         # A downstream DAG scheduled on the Asset learns which file landed from the event's extra.
-        outlet_events = context.get("outlet_events") if hasattr(context, "get") else None
-        if outlet_events is not None:
-            for outlet in self.outlets or []:
-                if isinstance(outlet, Asset):
-                    outlet_events[outlet].extra.update(saved)
+        emit_asset_extra(context, self.outlets, saved)
         return saved
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage | None:

@@ -26,6 +26,8 @@ def _rows() -> list[tuple[str, str, str, str]]:
         rows.append((name, f"{what}, at least {minimum:g}", f"{default:g}", described[name]))
     for name, flag in c.EXTRA_BOOL_FIELDS.items():
         rows.append((name, "true / false", "true" if flag else "false", described[name]))
+    for name in c.EXTRA_AMOUNT_FIELDS:
+        rows.append((name, "amount in CNY, at least 0", "", described[name]))
     missing = set(described) - {row[0] for row in rows}
     if missing:
         raise ValueError(f"EXTRA_DESCRIPTIONS names fields the connection does not read: {sorted(missing)}")
