@@ -266,6 +266,8 @@ def test_triggerer_restarts_while_the_sensor_is_deferred(emulator, airflow, trig
     assert airflow.xcom(PIPELINE, run_id, "wait_for_coarse", key="_link_TryOnResultLink") == coarse_result["image_url"]
     saved = airflow.xcom(PIPELINE, run_id, "save_refined")
     assert airflow.xcom(PIPELINE, run_id, "save_refined", key="_link_SavedImageLink") == Path(saved["uri"]).as_uri()
+    report = airflow.xcom(PIPELINE, run_id, "report_cost")["report"]
+    assert airflow.xcom(PIPELINE, run_id, "report_cost", key="_link_ReviewGalleryLink") == Path(report).as_uri()
 
     assert [t["classpath"] for t in snapshot["triggers"]] == [
         "airflow_provider_aitryon.triggers.dashscope.DashScopeTaskTrigger"

@@ -233,3 +233,9 @@ def test_b_approved_pays_the_estimate_and_d_below_approve_above_is_not_asked(air
     assert len(succeeded) == 5
     assert all(Path(row["image"]).is_file() for row in succeeded)
     assert len(images_on_disk(shared)) == 5
+    # What the run was charged, and its review gallery, linked from finalize in the UI.
+    final = airflow.xcom(DAG_ID, "spend_approve", "finalize")
+    assert final["charged"]["images"] == IMAGES and final["status"] == "finished"
+    assert final["report"] == str(shared / "report.html") and (shared / "report.html").is_file()
+    link = airflow.xcom(DAG_ID, "spend_approve", "finalize", key="_link_ReviewGalleryLink")
+    assert link == (shared / "report.html").as_uri()
