@@ -35,11 +35,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check airflow_provider_aitryon dags tests scripts benchmarks docs
 	$(VENV)/bin/mypy
 
-# Both benchmarks, each printing this provider's figures beside the peers' (about 25 minutes).
+# The three benchmarks, each printing this provider's figures beside the peers' (about 35 minutes).
 bench: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev,bench]"
 	$(PY) benchmarks/waits.py $(BENCH_WAITS_ARGS)
 	$(PY) benchmarks/backfill.py $(BENCH_ARGS)
+	$(PY) benchmarks/gallery.py $(BENCH_GALLERY_ARGS)
 
 # The documentation site, strict: any warning (a broken reference too) fails the build.
 DOCS_STAMP := $(VENV)/.docs-installed-stamp

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from airflow_provider_aitryon import lineage
 from airflow_provider_aitryon.errors import DashScopeConfigError
 from airflow_provider_aitryon.failures import airflow_errors
+from airflow_provider_aitryon.gallery.thumbnails import flat_rgb
 from airflow_provider_aitryon.storage import StorageTarget, atomic_write, resolve_destination
 
 DEFAULT_TILE_HEIGHT = 512
@@ -225,14 +226,7 @@ def _to_rgb(label: str, image: ImageInput) -> Image.Image | None:
         raise DashScopeConfigError(
             f"the image labelled {label!r} is a {type(image).__name__}; pass image bytes, a PIL image or None."
         )
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas become the sheet background, not black.
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, BACKGROUND)
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return image.convert("RGB")
+    return flat_rgb(ImageOps.exif_transpose(image), BACKGROUND)
 
 
 def _draw_centred(

@@ -119,7 +119,7 @@ def make_thumbnail(data: bytes, *, size: int, max_pixels: int = MAX_PIXELS, max_
             # JPEG only (a no-op elsewhere): decode at 1/2, 1/4 or 1/8 scale, still at least `size`.
             image.draft("RGB", (size, size))
             image.thumbnail((size, size), Image.Resampling.LANCZOS)
-            small = _flat_rgb(ImageOps.exif_transpose(image))
+            small = flat_rgb(ImageOps.exif_transpose(image))
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ThumbnailError(f"cannot be decoded ({scrub(str(exc)) or type(exc).__name__})") from None
     buffer = io.BytesIO()
@@ -128,11 +128,15 @@ def make_thumbnail(data: bytes, *, size: int, max_pixels: int = MAX_PIXELS, max_
     return Thumb(f"data:image/jpeg;base64,{encoded}", small.width, small.height)
 
 
-def _flat_rgb(image: Image.Image) -> Image.Image:
+def flat_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """``image`` as RGB, its transparent areas on ``background`` (converted as is, they turn black).
+
+    :param image: any Pillow image.
+    :param background: the colour transparency shows, white by default.
+    """
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas become the card's white, not black.
         rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, BACKGROUND)
+        flat = Image.new("RGB", rgba.size, background)
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
     return image.convert("RGB")
