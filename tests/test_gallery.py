@@ -212,6 +212,27 @@ def test_repeated_references_are_fetched_once(tmp_path: Path) -> None:
     assert sum(calls.values()) == 250 + 4
 
 
+def test_one_off_results_do_not_push_shared_images_out_of_the_cache(tmp_path: Path) -> None:
+    # Pages of 500 items bring 1,000 one-off coarse and refined images each, far more than the
+    # cache holds: the persons and garments every page shares must still be fetched once.
+    calls: Counter[str] = Counter()
+
+    def fetch(ref: str) -> bytes:
+        calls[ref] += 1
+        return png(colour=(len(ref) % 256, 90, 90))
+
+    items = (
+        GalleryItem(sku=f"S{i}", status="succeeded",
+                    images={"person": f"mem://person-{i % 20}.png", "garment": f"mem://top-{i % 7}.png",
+                            "coarse": f"mem://coarse-{i}.png", "refined": f"mem://refined-{i}.png"})
+        for i in range(1500)
+    )  # fmt: skip
+    write_gallery(items, str(tmp_path), count=1500, title="T", totals={}, fetch=fetch, thumb_size=24)
+    shared = {ref: n for ref, n in calls.items() if ref.startswith(("mem://person-", "mem://top-"))}
+    assert len(shared) == 27 and set(shared.values()) == {1}
+    assert sum(calls.values()) == 27 + 2 * 1500
+
+
 @pytest.mark.parametrize("page_size", [501, 0, 10_000])
 def test_page_size_over_500_is_refused(tmp_path: Path, page_size: int) -> None:
     with pytest.raises(ValueError, match="page_size must be between 1 and 500"):

@@ -18,7 +18,7 @@ import io
 import re
 import threading
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -33,6 +33,10 @@ from airflow_provider_aitryon.errors import DashScopeError
 MAX_PIXELS = 40_000_000
 MAX_BYTES = 20 * 1024 * 1024
 CACHE_ENTRIES = 256
+# References met before, remembered by name only (bytes each, not thumbnails): only a reference
+# met a second time enters the cache, so a page's ~1,000 one-off coarse and refined images never
+# push out the persons and garments that repeat across pages.
+SEEN_ENTRIES = 16_384
 JPEG_QUALITY = 75
 # The formats a try-on input or result can have; anything else Pillow could parse is not needed here
 # and only widens what an untrusted file can reach. (A multi-picture JPEG opens through JPEG.)
@@ -145,6 +149,9 @@ def flat_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) 
 class Thumbnailer:
     """Thumbnails for one page at a time, with an LRU cache by reference shared by all pages.
 
+    Only references that repeat (twice on a page, or again on a later page) are cached: the
+    persons and garments a catalog shares, not each item's own results.
+
     Fetches run ``workers`` at a time on the executor; decodes at most ``decoders`` at a time,
     because one decode of a large PNG holds up to ``4 * MAX_PIXELS`` bytes until it is shrunk.
 
@@ -170,6 +177,7 @@ class Thumbnailer:
         self._decode_slots = threading.BoundedSemaphore(max(1, decoders))
         self._cache: OrderedDict[str, Shown] = OrderedDict()
         self._cache_entries = cache_entries
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self.fetched = 0
 
     def page(self, refs: Iterable[str]) -> dict[str, Shown]:
@@ -182,6 +190,8 @@ class Thumbnailer:
         """
         shown: dict[str, Shown] = {}
         pending = {}
+        refs = list(refs)
+        repeated = {ref for ref, n in Counter(refs).items() if n > 1}
         for ref in dict.fromkeys(refs):
             cached = self._cache.get(ref)
             if cached is not None:
@@ -192,7 +202,12 @@ class Thumbnailer:
         for ref, future in pending.items():
             result = future.result()  # _one never raises
             shown[ref] = result
-            self._remember(ref, result)
+            if ref in repeated or ref in self._seen:
+                self._remember(ref, result)
+            self._seen[ref] = None
+            self._seen.move_to_end(ref)
+            while len(self._seen) > SEEN_ENTRIES:
+                self._seen.popitem(last=False)
         self.fetched += len(pending)
         return shown
 
