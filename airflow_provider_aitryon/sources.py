@@ -186,7 +186,10 @@ def read_image(
 
         try:
             if is_oss_uri(ref):
-                with ObjectStoragePath(ref.strip(), conn_id=oss_conn_id).open("rb") as remote:
+                path = ObjectStoragePath(ref.strip(), conn_id=oss_conn_id)
+                # Not ObjectStoragePath.open: it reports every read to hook lineage, and a gallery
+                # of a partition reads thousands of inputs (lineage is reported per partition).
+                with path.fs.open(path.path, "rb") as remote:
                     data = remote.read(max_bytes + 1)
             else:
                 with open(str(local_image_path(ref, field=field_name)), "rb") as local:

@@ -35,7 +35,8 @@ from airflow_provider_aitryon import api, compat
 from airflow_provider_aitryon.emulator import Emulator, EmulatorConfig
 from airflow_provider_aitryon.pricing import estimate_cost
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+# slow: about 2.5 minutes of a real Airflow; `make test-slow` (and CI) runs it, `make test` leaves it out.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
 REPO = Path(__file__).resolve().parent.parent
 DAG_ID = "aitryon_catalog_backfill"

@@ -226,7 +226,10 @@ def default_fetcher(
             raise DashScopeConfigError(f"image {text} is a relative path; use an absolute path or a URI.")
         from airflow.sdk import ObjectStoragePath
 
-        with ObjectStoragePath(text, conn_id=conn_id).open("rb") as remote:
+        path = ObjectStoragePath(text, conn_id=conn_id)
+        # The file system's own open: ObjectStoragePath.open reports every read to hook lineage,
+        # and a partition's lineage names its datasets per partition, never per image.
+        with path.fs.open(path.path, "rb") as remote:
             data: bytes = remote.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise DashScopeConfigError(f"image {api.shown_url(text)} is larger than {max_bytes} bytes.")
