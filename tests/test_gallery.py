@@ -328,3 +328,44 @@ def test_memory_does_not_grow_with_the_number_of_items(tmp_path: Path) -> None:
     print(f"peak traced memory: 400 items {small / 1e6:.1f} MB, 2000 items {large / 1e6:.1f} MB")
     assert len(list((tmp_path / "large").glob("report*.html"))) == 10
     assert large <= 1.5 * small, (small, large)
+
+
+def test_a_host_that_never_answers_costs_a_few_deadlines_not_one_per_image(tmp_path: Path) -> None:
+    import socket
+    import threading
+
+    from airflow_provider_aitryon.downloads import AddressPolicy
+
+    # A host that accepts connections and never answers: every download would wait its deadline.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(128)
+    port = server.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+    fetch = default_fetcher(policy=AddressPolicy.for_base_url(base), deadline=0.5, give_up_after=3)
+    items = [
+        GalleryItem(sku=f"S{i}", status="succeeded", images={"refined": f"{base}/results/{i}.png?Signature=SECRET"})
+        for i in range(60)
+    ]
+    try:
+        write_gallery(items, str(tmp_path), count=60, title="T", totals={}, fetch=fetch, workers=4)
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+    html = "".join(read_pages(tmp_path))
+    # At most the failures before the host was given up, plus those already in flight then.
+    assert len(accepted) <= 3 + 4
+    assert html.count('class="thumb missing"') == 60
+    assert html.count(f"not tried: 127.0.0.1:{port} failed 3 times in a row") >= 60 - 7
+    assert "SECRET" not in html

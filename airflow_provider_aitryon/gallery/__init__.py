@@ -15,10 +15,12 @@ page. See `thumbnails` for how an untrusted image is checked before it is decode
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,10 @@ __all__ = ["MAX_PAGE_SIZE", "GalleryItem", "GalleryResult", "default_fetcher", "
 
 log = logging.getLogger(__name__)
 
+# A thumbnail is not worth a long wait: one download may take this long in all...
+FETCH_DEADLINE = 20.0
+# ... and a host that failed this many times in a row is not asked again during the gallery.
+HOST_FAILURES = 5
 # 500 cards of four thumbnails is about 10 MB of HTML: a browser still scrolls it smoothly.
 MAX_PAGE_SIZE = 500
 INDEX = "report.html"
@@ -202,6 +208,8 @@ def default_fetcher(
     oss_conn_id: str = DEFAULT_OSS_CONN_ID,
     *,
     max_bytes: int = MAX_BYTES,
+    deadline: float = FETCH_DEADLINE,
+    give_up_after: int = HOST_FAILURES,
 ) -> Callable[[str], bytes]:
     """The gallery's image reader: reference -> bytes, at most ``max_bytes``.
 
@@ -215,12 +223,22 @@ def default_fetcher(
     :param conn_id: the Airflow connection of the object store the references are in.
     :param oss_conn_id: the ``oss`` connection that reads ``oss://`` references.
     :param max_bytes: largest image read.
+    :param deadline: seconds one http(s) download may take in all.
+    :param give_up_after: after this many failures in a row from one host (and none since its last
+        success), its other images are not tried: a host that never answers costs a gallery of
+        10,000 items a few deadlines, not one per item.
     """
+    breaker = HostBreaker(give_up_after)
+
 
     def fetch(ref: str) -> bytes:
         text = ref.strip()
         scheme = urlsplit(text).scheme.lower()
-        if scheme in ("http", "https") or is_oss_uri(text) or api.is_local_reference(text):
+        if scheme in ("http", "https"):
+            host = urlsplit(text).netloc.rsplit("@", 1)[-1].lower()
+            with breaker.call(host):
+                return read_image(text, field_name="image", policy=policy, max_bytes=max_bytes, deadline=deadline)
+        if is_oss_uri(text) or api.is_local_reference(text):
             return read_image(text, field_name="image", oss_conn_id=oss_conn_id, policy=policy, max_bytes=max_bytes)
         if len(scheme) <= 1:  # no scheme (or a Windows drive letter): a relative path names no fixed file
             raise DashScopeConfigError(f"image {text} is a relative path; use an absolute path or a URI.")
@@ -236,3 +254,33 @@ def default_fetcher(
         return data
 
     return fetch
+
+
+class HostBreaker:
+    """Stops asking a host that keeps failing: thread-safe, one per gallery's fetcher.
+
+    :param limit: failures in a row (no success in between) after which the host is given up.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._failures: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def call(self, host: str) -> Iterator[None]:
+        """Run one fetch from ``host``; raise at once if the host has been given up.
+
+        :param host: the URL's host (and port).
+        """
+        with self._lock:
+            if self._failures[host] >= self.limit:
+                raise DashScopeConfigError(f"not tried: {host} failed {self.limit} times in a row")
+        try:
+            yield
+        except Exception:
+            with self._lock:
+                self._failures[host] += 1
+            raise
+        with self._lock:
+            self._failures[host] = 0
