@@ -14,6 +14,7 @@ import io
 import sys
 import tempfile
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -23,6 +24,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from browser import browser_missing, inspect_page  # noqa: E402
 
+from airflow_provider_aitryon import spend  # noqa: E402
 from airflow_provider_aitryon.emulator import samples  # noqa: E402
 from airflow_provider_aitryon.emulator.imaging import render_coarse, render_refined  # noqa: E402
 from airflow_provider_aitryon.emulator.protocol import MODEL_TRYON  # noqa: E402
@@ -31,6 +33,8 @@ from airflow_provider_aitryon.gallery import GalleryItem, write_gallery  # noqa:
 OUTPUT = REPO / "docs" / "_static" / "gallery.png"
 # Screenshots are mostly flat colour: 128 colours keep the file small with no visible banding.
 COLOURS = 128
+# One coarse try-on and one refinement at list price: what each succeeded look was charged.
+PER_LOOK = f"{Decimal(spend.charged({'aitryon': 1, 'aitryon-refiner': 1})['total']):.2f}"
 
 
 def _recolour(garment: Image.Image, hue_turn: int) -> Image.Image:
@@ -82,7 +86,7 @@ def build_items(folder: Path) -> tuple[list[GalleryItem], dict[str, object]]:
                     "coarse": save(f"{sku}-coarse.png", coarse.png),
                     "refined": save(f"{sku}-refined.png", refined.png),
                 },
-                cost="0.70",
+                cost=PER_LOOK,
                 task_ids={"coarse": f"0f1c2d3e-{number:04d}-4a5b-8c6d-7e8f9a0b1c2d"},
             )
         )
@@ -111,15 +115,19 @@ def build_items(folder: Path) -> tuple[list[GalleryItem], dict[str, object]]:
         ),
     )
     succeeded = sum(item.status == "succeeded" for item in items)
+    # Priced by the one price table, as finalize does: the figures on the picture add up.
+    charged = spend.charged({"aitryon": succeeded, "aitryon-refiner": succeeded})
+    estimate = spend.charged({"aitryon": len(items), "aitryon-refiner": len(items)})
     totals: dict[str, object] = {
         "items": len(items),
         "succeeded": succeeded,
         "failed": len(items) - succeeded,
         "undone": 0,
-        "images charged": {"aitryon": succeeded, "aitryon-refiner": succeeded},
-        "total cost": f"CNY {0.70 * succeeded:.2f}",
-        "estimate": f"CNY {0.70 * len(items):.2f}",
-        "run": "catalog_backfill__2026-03-01T00:00:00+00:00",
+        "run": "aitryon_catalog_backfill/scheduled__2026-03-01T00:00:00+00:00",
+        "status": "finished",
+        "charged this run": f"CNY {Decimal(charged['total']):,.2f}",
+        "images charged this run": f"{succeeded} aitryon, {succeeded} aitryon-refiner",
+        "estimate": f"CNY {Decimal(estimate['total']):,.2f}",
         "manifest": "s3://merch-looks/backfill/2026-03-01/manifest.jsonl",
     }
     return items, totals
