@@ -30,8 +30,9 @@ task SDK's exceptions, ``airflow.sdk.lineage`` or the HITL operators.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import airflow
 from airflow.triggers.base import BaseTrigger
@@ -100,6 +101,7 @@ else:  # Airflow 3.1: only AirflowException had moved to the task SDK
 HITL_MIN_STANDARD = "1.12.2"
 
 
+@functools.cache
 def _approval_operator() -> type[Any] | None:
     """The standard provider's ApprovalOperator if it is there and takes ``response_timeout``, else None."""
     try:
@@ -114,11 +116,21 @@ def _approval_operator() -> type[Any] | None:
     return ApprovalOperator if takes_timeout else None
 
 
-#: Airflow's human-in-the-loop ApprovalOperator class (the standard provider's), or None without it.
-HITL_APPROVAL_OPERATOR: type[Any] | None = _approval_operator()
+if TYPE_CHECKING:
+    #: Airflow's human-in-the-loop ApprovalOperator class (the standard provider's), or None without it.
+    HITL_APPROVAL_OPERATOR: type[Any] | None
+    #: A task can ask a human to approve or reject (`HITL_APPROVAL_OPERATOR` is importable and recent).
+    HITL_APPROVAL: bool
 
-#: A task can ask a human to approve or reject (`HITL_APPROVAL_OPERATOR` is importable and recent).
-HITL_APPROVAL: bool = HITL_APPROVAL_OPERATOR is not None
+
+def __getattr__(name: str) -> Any:
+    # Looked up on first use, not when compat is imported: hooks, triggers and the triggerer import
+    # compat too, and only the approval operator needs the HITL operator module.
+    if name == "HITL_APPROVAL_OPERATOR":
+        return _approval_operator()
+    if name == "HITL_APPROVAL":
+        return _approval_operator() is not None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def on_kill_unsupported(dashscope_task_id: str) -> str | None:
